@@ -1,0 +1,39 @@
+# Fresh machine: `make demo` (no server needed) and `make test` (uses the local PostgreSQL).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PGHOST ?= 127.0.0.1
+PGPORT ?= 5432
+PGUSER ?= postgres
+export PGHOST PGPORT PGUSER
+
+.PHONY: venv demo test test-long lint bench bench-quick postgres clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(BIN)/eventstore demo
+
+# Start the local cluster if it is down; say what to do when there is no PostgreSQL at all.
+postgres:
+	@bash scripts/ensure-postgres.sh
+
+test: venv postgres
+	$(BIN)/pytest -q -m "not long"
+
+test-long: venv postgres
+	$(BIN)/pytest -q -m long
+
+lint: venv
+	$(BIN)/ruff check eventstore tests bench
+
+clean:
+	rm -rf $(VENV) build dist storage .pytest_cache

@@ -1,0 +1,191 @@
+"""The ``eventstore`` command line. Exit status: 0 ok, 1 a check or operation failed, 2 bad usage.
+Errors are one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import ConfigurationError, EventStoreError, InvalidEventError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad flags or missing configuration: exit 2."""
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    url = getattr(args, "database_url", None) or os.environ.get("DATABASE_URL")
+    if not url:
+        raise UsageError("this command needs a database: pass --database-url URL or set DATABASE_URL")
+    return url
+
+
+def _add_database_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
+    parser.add_argument("--schema", default=None, help="PostgreSQL schema (default: public)")
+
+
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["file", "postgres"], default=None,
+                        help="journal backend (default: $EVENT_JOURNAL_BACKEND, then file)")
+    parser.add_argument("--path", default=None, help="file journal path (default: $EVENT_JOURNAL_PATH)")
+    _add_database_flags(parser)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, default=str, sort_keys=True))
+
+
+# -- schema --------------------------------------------------------------------------------
+
+
+def cmd_schema_upgrade(args: argparse.Namespace) -> int:
+    from .schema import upgrade_schema
+
+    applied = upgrade_schema(_database_url(args), args.schema)
+    print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ' (already current)'}")
+    return EXIT_OK
+
+
+def cmd_schema_status(args: argparse.Namespace) -> int:
+    from .schema import schema_status
+
+    states = schema_status(_database_url(args), args.schema)
+    for state in states:
+        print(f"{'applied' if state.applied else 'pending'}  {state.migration_id}")
+    return EXIT_OK if all(s.applied for s in states) else EXIT_FAILED
+
+
+def cmd_schema_downgrade(args: argparse.Namespace) -> int:
+    from .schema import downgrade_schema
+
+    if not args.yes:
+        raise UsageError("schema downgrade drops credit_events and destroys the event history; rerun with --yes")
+    rolled = downgrade_schema(_database_url(args), args.schema)
+    print(f"rolled back {len(rolled)} migration(s){': ' + ', '.join(rolled) if rolled else ''}")
+    return EXIT_OK
+
+
+# -- journal commands ------------------------------------------------------------------------
+
+
+async def _open(args: argparse.Namespace, **options: Any):  # type: ignore[no-untyped-def]
+    from .factory import create_event_journal
+
+    backend = args.backend or os.environ.get("EVENT_JOURNAL_BACKEND") or "file"
+    if backend in ("postgres", "postgresql"):
+        if args.schema:
+            options["schema"] = args.schema
+        return await create_event_journal("postgres", database_url=_database_url(args), pool_size=2, max_overflow=2, **options)
+    return await create_event_journal(backend, path=args.path, **options)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    async def run() -> dict[str, Any]:
+        backend = args.backend or os.environ.get("EVENT_JOURNAL_BACKEND") or "file"
+        options = {"read_only": True} if backend == "file" else {}
+        journal = await _open(args, **options)
+        try:
+            return journal.get_metrics()
+        finally:
+            await journal.close()
+
+    metrics = asyncio.run(run())
+    if args.json:
+        _print_json(metrics)
+    else:
+        width = max(len(k) for k in metrics)
+        for key in sorted(metrics):
+            print(f"{key:<{width}}  {metrics[key]}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_not_yet(args: argparse.Namespace) -> int:
+    raise UsageError(f"`eventstore {args.command}` is not available yet in this version")
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eventstore", description="SQL-first event store: file and PostgreSQL journals.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    schema = commands.add_parser("schema", help="apply, show or roll back the PostgreSQL schema")
+    schema_commands = schema.add_subparsers(dest="schema_command", metavar="ACTION")
+    schema_commands.required = True
+    upgrade = schema_commands.add_parser("upgrade", help="apply pending migrations")
+    _add_database_flags(upgrade)
+    upgrade.set_defaults(func=cmd_schema_upgrade)
+    status = schema_commands.add_parser("status", help="list migrations; exit 1 if any is pending")
+    _add_database_flags(status)
+    status.set_defaults(func=cmd_schema_status)
+    downgrade = schema_commands.add_parser("downgrade", help="roll back every migration (destroys events)")
+    _add_database_flags(downgrade)
+    downgrade.add_argument("--yes", action="store_true", help="confirm that the event history is dropped")
+    downgrade.set_defaults(func=cmd_schema_downgrade)
+
+    stats = commands.add_parser("stats", help="print the journal's metrics")
+    _add_backend_flags(stats)
+    stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    stats.set_defaults(func=cmd_stats)
+
+    demo = commands.add_parser("demo", help="run the credit-system demo on the configured backend")
+    _add_backend_flags(demo)
+    demo.add_argument("--events", type=_positive_int, default=20_000, help="events to write (default 20000)")
+    demo.add_argument("--agents", type=_positive_int, default=50, help="agents (default 50)")
+    demo.add_argument("--workers", type=_positive_int, default=8, help="concurrent transfer tasks (default 8)")
+    demo.set_defaults(func=cmd_demo)
+
+    tail = commands.add_parser("tail", help="follow the journal as JSONL (not available yet)")
+    _add_backend_flags(tail)
+    tail.add_argument("--after", type=int, default=0)
+    tail.set_defaults(func=cmd_not_yet)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with a usage line on bad flags
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UsageError as exc:
+        print(f"eventstore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ConfigurationError, InvalidEventError) as exc:
+        print(f"eventstore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EventStoreError as exc:
+        print(f"eventstore: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (OSError, FileNotFoundError) as exc:
+        print(f"eventstore: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("eventstore: interrupted", file=sys.stderr)
+        return 130

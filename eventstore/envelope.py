@@ -1,0 +1,193 @@
+"""The event envelope, its validation, and the one JSON encoder/decoder pair both backends reuse."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import msgspec
+
+from .errors import InvalidEventError
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+#: The deepest payload nesting accepted. PostgreSQL's jsonb parser recurses per level,
+#: so an unbounded depth would be refused by one backend and stored by the other.
+MAX_PAYLOAD_DEPTH = 256
+#: Integers past this many bits are refused: CPython will not print them as decimal
+#: (int_max_str_digits), so the file backend could store what it cannot read back.
+MAX_INT_BITS = 3000
+_INT32_MAX = 2**31 - 1
+
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):
+    """One event. ``position`` and ``entity_version`` are set by the store on append."""
+
+    event_id: uuid.UUID
+    event_type: str
+    entity_id: str | None = None
+    payload: dict[str, Any]
+    actor_id: str
+    correlation_id: uuid.UUID
+    causation_id: uuid.UUID | None = None
+    idempotency_key: str
+    schema_version: int = 1
+    timestamp: AwareDatetime
+    position: int | None = None
+    entity_version: int | None = None
+
+    @classmethod
+    def new(
+        cls,
+        event_type: str,
+        payload: dict[str, Any],
+        *,
+        actor_id: str,
+        entity_id: str | None = None,
+        idempotency_key: str | None = None,
+        correlation_id: uuid.UUID | None = None,
+        causation_id: uuid.UUID | None = None,
+        schema_version: int = 1,
+        timestamp: datetime | None = None,
+    ) -> EventEnvelope:
+        """Build an envelope, filling ``event_id``, ``timestamp`` (now, UTC), ``correlation_id``
+        and ``idempotency_key`` (``str(event_id)``) when not given. Only ``None`` means "not given"."""
+        event_id = uuid.uuid4()
+        return cls(
+            event_id=event_id,
+            event_type=event_type,
+            entity_id=entity_id,
+            payload=payload,
+            actor_id=actor_id,
+            correlation_id=uuid.uuid4() if correlation_id is None else correlation_id,
+            causation_id=causation_id,
+            idempotency_key=str(event_id) if idempotency_key is None else idempotency_key,
+            schema_version=schema_version,
+            timestamp=datetime.now(timezone.utc) if timestamp is None else timestamp,
+        )
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """A projection's state as of ``position``; ``created_at`` is timezone-aware UTC."""
+
+    name: str
+    position: int
+    state: Any
+    created_at: datetime
+
+
+# One encoder and decoder for the whole process: JSONL lines, jsonb payloads, snapshots.
+ENCODER = msgspec.json.Encoder()
+ENVELOPE_DECODER = msgspec.json.Decoder(EventEnvelope)
+PAYLOAD_DECODER = msgspec.json.Decoder()
+
+
+def _check_text(field: str, value: object, *, min_len: int, max_len: int | None, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if not isinstance(value, str):
+        raise InvalidEventError(field, f"must be a string, got {type(value).__name__}")
+    if len(value) < min_len:
+        raise InvalidEventError(field, "must not be empty" if min_len == 1 else f"shorter than {min_len} characters")
+    if max_len is not None and len(value) > max_len:
+        raise InvalidEventError(field, f"longer than {max_len} characters ({len(value)})")
+    _check_string_content(field, value)
+
+
+def _check_string_content(field: str, value: str) -> None:
+    if "\x00" in value:
+        raise InvalidEventError(field, "contains a NUL character (\\u0000), which PostgreSQL cannot store")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEventError(field, "contains a lone surrogate, which is not valid UTF-8") from None
+
+
+def _check_uuid(field: str, value: object, *, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if not isinstance(value, uuid.UUID):
+        raise InvalidEventError(field, f"must be a uuid.UUID, got {type(value).__name__}")
+
+
+def _check_payload_values(payload: dict[str, Any]) -> None:
+    """Walk the payload once: JSON types only, finite numbers, no NUL, bounded depth."""
+    stack: list[tuple[Any, str, int]] = [(payload, "payload", 1)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            _check_string_content(where, value)
+        elif isinstance(value, bool) or value is None:
+            pass
+        elif isinstance(value, int):
+            if value.bit_length() > MAX_INT_BITS:
+                raise InvalidEventError(where, f"integer larger than {MAX_INT_BITS} bits")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidEventError(where, f"{value!r} is not a JSON number (NaN and Infinity are refused)")
+        elif isinstance(value, dict):
+            if depth > MAX_PAYLOAD_DEPTH:
+                raise InvalidEventError("payload", f"nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidEventError(where, f"object key {key!r} is not a string")
+                _check_string_content(f"{where} key {key[:40]!r}", key)
+                stack.append((item, f"{where}.{key[:40]}", depth + 1))
+        elif isinstance(value, list | tuple):
+            if depth > MAX_PAYLOAD_DEPTH:
+                raise InvalidEventError("payload", f"nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+            for index, item in enumerate(value):
+                stack.append((item, f"{where}[{index}]", depth + 1))
+        else:
+            raise InvalidEventError(where, f"{type(value).__name__} is not a JSON type")
+
+
+def validate_event(event: object, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> tuple[EventEnvelope, bytes]:
+    """Check every envelope rule; return the event with its timestamp in UTC and the payload's JSON.
+
+    Both backends call this before writing anything, so both refuse the same input with the
+    same message. The payload is encoded exactly once here and the bytes are reused by the caller.
+    """
+    if not isinstance(event, EventEnvelope):
+        raise InvalidEventError("event", f"must be an EventEnvelope, got {type(event).__name__}")
+    _check_uuid("event_id", event.event_id)
+    _check_text("event_type", event.event_type, min_len=1, max_len=50)
+    _check_text("entity_id", event.entity_id, min_len=0, max_len=255, nullable=True)
+    _check_text("actor_id", event.actor_id, min_len=1, max_len=100)
+    _check_uuid("correlation_id", event.correlation_id)
+    _check_uuid("causation_id", event.causation_id, nullable=True)
+    _check_text("idempotency_key", event.idempotency_key, min_len=1, max_len=255)
+    version = event.schema_version
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InvalidEventError("schema_version", f"must be an integer, got {type(version).__name__}")
+    if not 1 <= version <= _INT32_MAX:
+        raise InvalidEventError("schema_version", f"must be between 1 and {_INT32_MAX}, got {version}")
+    timestamp = event.timestamp
+    if not isinstance(timestamp, datetime):
+        raise InvalidEventError("timestamp", f"must be a datetime, got {type(timestamp).__name__}")
+    offset = timestamp.utcoffset()
+    if offset is None:
+        raise InvalidEventError("timestamp", "is naive; give it a timezone (UTC recommended)")
+    payload = event.payload
+    if not isinstance(payload, dict):
+        raise InvalidEventError("payload", f"must be a JSON object (dict), got {type(payload).__name__}")
+    _check_payload_values(payload)
+    try:
+        payload_json = ENCODER.encode(payload)
+    except (TypeError, ValueError, OverflowError) as exc:  # pragma: no cover - the walk catches these first
+        raise InvalidEventError("payload", f"cannot be encoded as JSON: {exc}") from None
+    if len(payload_json) > max_payload_bytes:
+        raise InvalidEventError(
+            "payload", f"{len(payload_json)} bytes of JSON exceeds max_payload_bytes={max_payload_bytes}"
+        )
+    if timestamp.tzinfo is not timezone.utc:
+        try:
+            utc = timestamp.astimezone(timezone.utc)
+        except OverflowError:
+            raise InvalidEventError("timestamp", "is out of range once converted to UTC") from None
+        event = msgspec.structs.replace(event, timestamp=utc)
+    return event, payload_json

@@ -1,0 +1,62 @@
+"""Every error eventstore raises on purpose; all subclass :class:`EventStoreError`.
+
+No message built here ever contains a database password: callers pass
+host/port/database, never a URL.
+"""
+
+from __future__ import annotations
+
+
+class EventStoreError(Exception):
+    """Base class of every eventstore error."""
+
+
+class InvalidEventError(EventStoreError, ValueError):
+    """The event breaks an envelope rule; ``field`` names the culprit. Nothing was written."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"invalid event: {field}: {reason}")
+
+
+class ConcurrencyError(EventStoreError):
+    """The entity was not at the version the caller expected. Nothing was written."""
+
+    def __init__(self, entity_id: str | None, expected: int, actual: int) -> None:
+        self.entity_id = entity_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"concurrency conflict on entity {entity_id!r}: expected version {expected}, actual {actual}"
+        )
+
+
+class CorruptedEventError(EventStoreError):
+    """A stored line or row cannot be decoded; ``where`` says which, ``why`` says how."""
+
+    def __init__(self, where: str, why: str) -> None:
+        self.where = where
+        self.why = why
+        super().__init__(f"corrupted event at {where}: {why}")
+
+
+class SchemaNotReadyError(EventStoreError):
+    """The database schema is missing or behind the migrations this package ships."""
+
+
+class ConfigurationError(EventStoreError, ValueError):
+    """A backend name, URL or option is not acceptable."""
+
+
+class JournalLockedError(EventStoreError):
+    """Another process holds the file journal open for writing."""
+
+
+class DatabaseUnavailableError(EventStoreError, ConnectionError):
+    """PostgreSQL cannot be reached or the connection was lost (names host and port, never a password)."""
+
+
+class JournalWriteError(EventStoreError, OSError):
+    """The file journal could not write or fsync (full disk, I/O error); nothing of the failed
+    appends was stored and the journal stays readable."""

@@ -1,0 +1,74 @@
+"""Pick and open a journal from arguments and the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from .base import BaseEventJournal
+from .errors import ConfigurationError
+from .file import DEFAULT_PATH, FileEventJournal
+
+BACKENDS = ("file", "postgres")
+
+
+def _journal(
+    backend: str | None, path: str | os.PathLike[str] | None, database_url: str | None,
+    pool_size: int, max_overflow: int, options: dict[str, Any],
+) -> BaseEventJournal:
+    name = (backend or os.environ.get("EVENT_JOURNAL_BACKEND") or "file").strip().lower()
+    if name in ("file", "jsonl"):
+        return FileEventJournal(path or os.environ.get("EVENT_JOURNAL_PATH") or DEFAULT_PATH, **options)
+    if name in ("postgres", "postgresql"):
+        from .postgres import PostgresEventJournal  # asyncpg is imported only when used
+
+        url = database_url or os.environ.get("DATABASE_URL")
+        if not url:
+            raise ConfigurationError(
+                "the postgres backend needs a database URL: pass database_url= or set DATABASE_URL"
+            )
+        return PostgresEventJournal(url, pool_size=pool_size, max_overflow=max_overflow, **options)
+    raise ConfigurationError(f"unknown journal backend {name!r}; accepted: {', '.join(BACKENDS)}")
+
+
+async def create_event_journal(
+    backend: str | None = None,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    database_url: str | None = None,
+    pool_size: int = 10,
+    max_overflow: int = 20,
+    **options: Any,
+) -> BaseEventJournal:
+    """An initialized journal. ``backend`` defaults to ``$EVENT_JOURNAL_BACKEND`` then ``"file"``;
+    ``path`` to ``$EVENT_JOURNAL_PATH`` then ``storage/events/credits.jsonl``; ``database_url`` to
+    ``$DATABASE_URL``. ``options`` go to the journal (``max_payload_bytes``, ``schema``, ...)."""
+    try:
+        journal = _journal(backend, path, database_url, pool_size, max_overflow, options)
+    except TypeError as exc:
+        raise ConfigurationError(f"unknown journal option: {exc}") from None
+    await journal.initialize()
+    return journal
+
+
+_shared: BaseEventJournal | None = None
+_shared_lock = asyncio.Lock()
+
+
+async def get_event_journal() -> BaseEventJournal:
+    """The process's shared journal, created from the environment on first use."""
+    global _shared
+    async with _shared_lock:
+        if _shared is None:
+            _shared = await create_event_journal()
+        return _shared
+
+
+async def close_event_journal() -> None:
+    """Close the shared journal (for shutdown hooks and tests)."""
+    global _shared
+    async with _shared_lock:
+        if _shared is not None:
+            await _shared.close()
+            _shared = None

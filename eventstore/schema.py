@@ -1,0 +1,87 @@
+"""Apply, inspect and roll back the schema with yoyo-migrations (plain SQL in ``migrations/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .dsn import DatabaseURL, parse_database_url
+from .errors import ConfigurationError, DatabaseUnavailableError
+from ._resources import migrations_dir, shipped_migration_ids
+
+import re
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    migration_id: str
+    applied: bool
+
+
+def check_schema_name(schema: str) -> str:
+    """Schema names are used as identifiers: allow plain ones only."""
+    if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+        raise ConfigurationError(f"invalid schema name {schema!r}: use letters, digits and _ (max 63)")
+    return schema
+
+
+def _backend(url: DatabaseURL, schema: str):  # type: ignore[no-untyped-def]
+    import psycopg
+    from yoyo import get_backend
+
+    try:
+        with psycopg.connect(url.psycopg_dsn(), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        return get_backend(url.yoyo_url(schema))
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot reach PostgreSQL at {url.where}: {url.scrub(str(exc)).strip().splitlines()[-1]}"
+        ) from None
+
+
+def _migrations():  # type: ignore[no-untyped-def]
+    from yoyo import read_migrations
+
+    migrations = read_migrations(str(migrations_dir()))
+    if len(migrations) == 0:  # a wrong path silently yields nothing: refuse to "succeed"
+        raise FileNotFoundError(f"no migrations in {migrations_dir()}")
+    return migrations
+
+
+def _target(database_url: str | DatabaseURL, schema: str | None) -> tuple[DatabaseURL, str]:
+    url = database_url if isinstance(database_url, DatabaseURL) else parse_database_url(database_url)
+    return url, check_schema_name(schema or url.schema or "public")
+
+
+def upgrade_schema(database_url: str | DatabaseURL, schema: str | None = None) -> list[str]:
+    """Apply every pending migration; return the ids applied (empty when already current)."""
+    url, schema = _target(database_url, schema)
+    backend = _backend(url, schema)
+    migrations = _migrations()
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return [m.id for m in pending]
+
+
+def downgrade_schema(database_url: str | DatabaseURL, schema: str | None = None) -> list[str]:
+    """Roll back every applied migration (destroys the event history); return the ids rolled back."""
+    url, schema = _target(database_url, schema)
+    backend = _backend(url, schema)
+    migrations = _migrations()
+    with backend.lock():
+        applied = backend.to_rollback(migrations)
+        backend.rollback_migrations(applied)
+    return [m.id for m in applied]
+
+
+def schema_status(database_url: str | DatabaseURL, schema: str | None = None) -> list[MigrationState]:
+    """Each shipped migration and whether it is applied."""
+    url, schema = _target(database_url, schema)
+    backend = _backend(url, schema)
+    migrations = _migrations()
+    return [MigrationState(m.id, backend.is_applied(m)) for m in migrations]
+
+
+__all__ = ["MigrationState", "upgrade_schema", "downgrade_schema", "schema_status", "shipped_migration_ids"]

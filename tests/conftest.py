@@ -1,0 +1,85 @@
+"""Fixtures: a fresh PostgreSQL database per test (cloned from a template that has the schema),
+and journals of both backends over the same contract."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_postgresql import factories
+
+from eventstore import BaseEventJournal, FileEventJournal
+from eventstore.schema import upgrade_schema
+
+PGHOST = os.environ.get("PGHOST", "127.0.0.1")
+PGPORT = int(os.environ.get("PGPORT", "5432"))
+PGUSER = os.environ.get("PGUSER", "postgres")
+
+
+def url_for(host: str, port: int | str, user: str, dbname: str, password: str | None = None) -> str:
+    auth = f"{user}:{password}" if password else user
+    return f"postgresql://{auth}@{host}:{port}/{dbname}"
+
+
+def load_schema(host: str, port: int, user: str, dbname: str, password: str | None = None, **_: Any) -> None:
+    upgrade_schema(url_for(host, port, user, dbname, password))
+
+
+# You are root on these machines and PostgreSQL will not initdb as root: use the running server.
+postgresql_noproc = factories.postgresql_noproc(host=PGHOST, port=PGPORT, user=PGUSER, dbname="eventstore_test", load=[load_schema])
+postgresql = factories.postgresql("postgresql_noproc")
+postgresql_noproc_empty = factories.postgresql_noproc(host=PGHOST, port=PGPORT, user=PGUSER, dbname="eventstore_empty")
+postgresql_empty = factories.postgresql("postgresql_noproc_empty")
+
+
+@pytest.fixture
+def database_url(postgresql: Any) -> str:
+    info = postgresql.info
+    return url_for(info.host, info.port, info.user, info.dbname, info.password)
+
+
+@pytest.fixture
+def empty_database_url(postgresql_empty: Any) -> str:
+    info = postgresql_empty.info
+    return url_for(info.host, info.port, info.user, info.dbname, info.password)
+
+
+OpenJournal = Callable[..., Awaitable[BaseEventJournal]]
+
+
+@pytest.fixture(params=["file", "postgres"])
+async def open_journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenJournal]:
+    """Opens (and at teardown closes) journals on one store of the parametrised backend; calling
+    it again after closing the first reopens the same store."""
+    opened: list[BaseEventJournal] = []
+    if request.param == "postgres":
+        url = request.getfixturevalue("database_url")
+
+        async def make(**options: Any) -> BaseEventJournal:
+            from eventstore import PostgresEventJournal
+
+            journal = PostgresEventJournal(url, pool_size=options.pop("pool_size", 4), **options)
+            await journal.initialize()
+            opened.append(journal)
+            return journal
+    else:
+        path = tmp_path / "events" / "credits.jsonl"
+
+        async def make(**options: Any) -> BaseEventJournal:
+            options.pop("pool_size", None)
+            journal = FileEventJournal(path, **options)
+            await journal.initialize()
+            opened.append(journal)
+            return journal
+
+    yield make
+    for journal in opened:
+        await journal.close()
+
+
+@pytest.fixture
+async def journal(open_journal: OpenJournal) -> BaseEventJournal:
+    return await open_journal()
