@@ -17,6 +17,8 @@ from eventstore.schema import upgrade_schema
 PGHOST = os.environ.get("PGHOST", "127.0.0.1")
 PGPORT = int(os.environ.get("PGPORT", "5432"))
 PGUSER = os.environ.get("PGUSER", "postgres")
+# Parallel checkouts on one server need their own database names.
+TEST_DB = os.environ.get("EVENTSTORE_TEST_DB", "eventstore_test")
 
 
 def url_for(host: str, port: int | str, user: str, dbname: str, password: str | None = None) -> str:
@@ -29,9 +31,9 @@ def load_schema(host: str, port: int, user: str, dbname: str, password: str | No
 
 
 # You are root on these machines and PostgreSQL will not initdb as root: use the running server.
-postgresql_noproc = factories.postgresql_noproc(host=PGHOST, port=PGPORT, user=PGUSER, dbname="eventstore_test", load=[load_schema])
+postgresql_noproc = factories.postgresql_noproc(host=PGHOST, port=PGPORT, user=PGUSER, dbname=TEST_DB, load=[load_schema])
 postgresql = factories.postgresql("postgresql_noproc")
-postgresql_noproc_empty = factories.postgresql_noproc(host=PGHOST, port=PGPORT, user=PGUSER, dbname="eventstore_empty")
+postgresql_noproc_empty = factories.postgresql_noproc(host=PGHOST, port=PGPORT, user=PGUSER, dbname=f"{TEST_DB}_empty")
 postgresql_empty = factories.postgresql("postgresql_noproc_empty")
 
 
