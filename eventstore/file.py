@@ -4,20 +4,21 @@ concurrent appends sharing one fsync (group commit), one writer process at a tim
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
 import fcntl
 import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from .base import BaseEventJournal, check_expected_version, first_expected_versions
-from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENCODER, ENVELOPE_DECODER, EventEnvelope, validate_event
+from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENCODER, ENVELOPE_DECODER, EventEnvelope, Snapshot, validate_event
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -26,9 +27,11 @@ from .errors import (
     JournalLockedError,
     JournalWriteError,
 )
+from .snapshots import check_snapshot_args, encode_state, read_snapshot_file, write_snapshot_file
 
 DEFAULT_PATH = "storage/events/credits.jsonl"
 _CHUNK = 1 << 20
+_SEEK_EVERY = 1024
 
 
 def _has_top_level_entity_field(line: bytes) -> bool:
@@ -36,12 +39,15 @@ def _has_top_level_entity_field(line: bytes) -> bool:
     return field != -1 and field < line.find(b'"payload":')
 
 
-def iter_lines(path: Path | str, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
-    """``(line_number, line)`` for every complete line of ``path`` up to byte ``limit``;
-    an incomplete last line (no newline yet) is not yielded."""
-    number = 0
+def iter_lines(
+    path: Path | str, limit: int | None = None, *, start: int = 0, first_line: int = 1
+) -> Iterator[tuple[int, bytes]]:
+    """``(line_number, line)`` for every complete line of ``path`` from byte ``start`` up to byte
+    ``limit``; an incomplete last line (no newline yet) is not yielded."""
+    number = first_line - 1
     with open(path, "rb") as handle:
-        remaining = limit
+        handle.seek(start)
+        remaining = None if limit is None else limit - start
         rest = b""
         while remaining is None or remaining > 0:
             chunk = handle.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
@@ -94,7 +100,11 @@ class FileEventJournal(BaseEventJournal):
         self._last_position = 0  # last position handed out, staged appends included
         self._durable_position = 0
         self._durable_size = 0
-        self._skip_lines: set[int] = set()  # lines that repeat an idempotency key or position
+        self._skip_lines: set[int] = set()
+        # Sparse seek index for read_events(after=N): (last position before, byte offset, line number)
+        # every _SEEK_EVERY lines, so resuming near the end does not decode the whole file.
+        self._seeks: list[tuple[int, int, int]] = [(0, 0, 1)]
+        self._line_count = 0  # lines that repeat an idempotency key or position
         self._legacy = False  # some line lacks position/entity fields: readers must fill them in
         self._pending_lines: list[bytes] = []
         self._pending_undo: list[_Staged] = []
@@ -149,7 +159,7 @@ class FileEventJournal(BaseEventJournal):
                     "stop that writer or open this one with read_only=True"
                 ) from None
             raise
-        holder = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc).isoformat()}"
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC).isoformat()}"
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
         self._lock_fd = fd
@@ -163,7 +173,12 @@ class FileEventJournal(BaseEventJournal):
             self._recover_tail()
         size = self.path.stat().st_size
         last_position = 0
+        offset = 0
         for number, line in iter_lines(self.path, size):
+            if number % _SEEK_EVERY == 0:
+                self._seeks.append((last_position, offset, number))
+            offset += len(line) + 1
+            self._line_count = number
             try:
                 event = ENVELOPE_DECODER.decode(line)
             except (msgspec.DecodeError, msgspec.ValidationError):
@@ -220,7 +235,7 @@ class FileEventJournal(BaseEventJournal):
                     return  # the last line is whole and readable
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     pass
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             sidecar = self.path.with_name(f"{self.path.name}.torn-{stamp}")
             with open(sidecar, "xb") as out:
                 out.write(tail)
@@ -371,8 +386,11 @@ class FileEventJournal(BaseEventJournal):
                 except OSError as exc:
                     self._fail_staged(undo, done, exc)
                     continue
+                if self._line_count - self._seeks[-1][2] >= _SEEK_EVERY:
+                    self._seeks.append((self._durable_position, self._durable_size, self._line_count + 1))
                 self._durable_size += len(data)
                 self._durable_position += len(lines)
+                self._line_count += len(lines)
                 self._total_events += len(lines)
                 self._flushes += 1
                 if done is not None and not done.done():
@@ -433,7 +451,11 @@ class FileEventJournal(BaseEventJournal):
         skip = self._skip_lines
         decode = ENVELOPE_DECODER.decode
         yielded = 0
-        for number, line in iter_lines(self.path, limit):
+        start, first_line = 0, 1
+        if not legacy:  # lines from older tools need every line before them: no seeking
+            index = bisect.bisect_right(self._seeks, after, key=lambda seek: seek[0]) - 1
+            _, start, first_line = self._seeks[max(index, 0)]
+        for number, line in iter_lines(self.path, limit, start=start, first_line=first_line):
             try:
                 event = decode(line)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -465,11 +487,18 @@ class FileEventJournal(BaseEventJournal):
     def subscribe(self, *, after: int = 0):  # type: ignore[no-untyped-def]
         raise NotImplementedError("subscribe arrives with the reads issue")
 
-    async def save_snapshot(self, name: str, position: int, state: Any) -> None:
-        raise NotImplementedError("snapshots arrive with the snapshots issue")
+    @property
+    def snapshot_folder(self) -> Path:
+        return self.path.with_name(self.path.name + ".snapshots")
 
-    async def load_snapshot(self, name: str):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("snapshots arrive with the snapshots issue")
+    async def save_snapshot(self, name: str, position: int, state: Any) -> None:
+        check_snapshot_args(name, position)
+        state_json = encode_state(state)
+        await asyncio.to_thread(write_snapshot_file, self.snapshot_folder, name, position, state_json)
+
+    async def load_snapshot(self, name: str) -> Snapshot | None:
+        check_snapshot_args(name, 0)
+        return await asyncio.to_thread(read_snapshot_file, self.snapshot_folder, name)
 
     # -- metrics ---------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import asyncpg
 from . import _resources
 from .base import BaseEventJournal, check_expected_version, first_expected_versions
 from .dsn import DatabaseURL, parse_database_url
-from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, PAYLOAD_DECODER, EventEnvelope, validate_event
+from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, PAYLOAD_DECODER, EventEnvelope, Snapshot, validate_event
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -23,6 +23,7 @@ from .errors import (
     SchemaNotReadyError,
 )
 from .schema import check_schema_name
+from .snapshots import check_snapshot_args, encode_state
 
 _CONFLICT_SQLSTATE = "ES409"
 # Errors that mean "the server or the connection is gone", as opposed to "the query is wrong".
@@ -326,10 +327,24 @@ class PostgresEventJournal(BaseEventJournal):
         raise NotImplementedError("subscribe arrives with the reads issue")
 
     async def save_snapshot(self, name: str, position: int, state: Any) -> None:
-        raise NotImplementedError("snapshots arrive with the snapshots issue")
+        check_snapshot_args(name, position)
+        state_json = encode_state(state)
+        try:
+            async with self._require_pool().acquire() as conn:
+                await QUERIES.save_snapshot(conn, name=name, position=position, state=state_json)
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from None
 
-    async def load_snapshot(self, name: str):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("snapshots arrive with the snapshots issue")
+    async def load_snapshot(self, name: str) -> Snapshot | None:
+        check_snapshot_args(name, 0)
+        try:
+            async with self._require_pool().acquire() as conn:
+                row = await QUERIES.load_snapshot(conn, name=name)
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from None
+        if row is None:
+            return None
+        return Snapshot(name=row["name"], position=row["position"], state=row["state"], created_at=row["created_at"])
 
     # -- metrics ---------------------------------------------------------------------------
 
