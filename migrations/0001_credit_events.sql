@@ -132,3 +132,37 @@ $$;
 
 COMMENT ON FUNCTION credit_events_append IS
     'Append one event: returns its (position, entity_version), or no row when the idempotency_key is already stored.';
+
+-- A batch in one call, so it is one statement and atomic. Every entity of the batch is locked
+-- first, in one global order (by lock key), so two batches touching the same entities in
+-- opposite orders (a->b and b->a transfers) queue instead of deadlocking.
+CREATE FUNCTION credit_events_append_batch(
+    p_event_ids         UUID[],
+    p_idempotency_keys  VARCHAR(255)[],
+    p_event_types       VARCHAR(50)[],
+    p_schema_versions   INTEGER[],
+    p_timestamps        TIMESTAMPTZ[],
+    p_actor_ids         VARCHAR(100)[],
+    p_correlation_ids   UUID[],
+    p_causation_ids     UUID[],
+    p_payloads          JSONB[],
+    p_entity_ids        TEXT[],
+    p_expected_versions INTEGER[]
+) RETURNS TABLE (stored_position BIGINT, stored_entity_version INTEGER)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1701147247, k.key)
+       FROM (SELECT DISTINCT hashtext(e) AS key FROM unnest(p_entity_ids) AS e WHERE e IS NOT NULL ORDER BY 1) AS k;
+
+    RETURN QUERY
+    SELECT a.stored_position, a.stored_entity_version
+      FROM unnest(p_event_ids, p_idempotency_keys, p_event_types, p_schema_versions, p_timestamps, p_actor_ids,
+                  p_correlation_ids, p_causation_ids, p_payloads, p_entity_ids, p_expected_versions)
+           WITH ORDINALITY AS e(event_id, idempotency_key, event_type, schema_version, ts, actor_id,
+                                correlation_id, causation_id, payload, entity_id, expected_version, ord)
+      LEFT JOIN LATERAL credit_events_append(e.event_id, e.idempotency_key, e.event_type, e.schema_version, e.ts,
+                                             e.actor_id, e.correlation_id, e.causation_id, e.payload, e.entity_id,
+                                             e.expected_version) AS a ON true
+     ORDER BY e.ord;
+END;
+$$;

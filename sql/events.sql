@@ -8,16 +8,10 @@ SELECT stored_position, stored_entity_version
                             :correlation_id, :causation_id, :payload, :entity_id, :expected_version);
 
 -- name: append_events(event_ids, idempotency_keys, event_types, schema_versions, timestamps, actor_ids, correlation_ids, causation_ids, payloads, entity_ids, expected_versions)
--- A batch is one statement, so it is atomic without BEGIN/COMMIT round trips; LATERAL calls the append function once per element in ordinality order, and an empty result marks a duplicate.
-SELECT a.stored_position, a.stored_entity_version
-  FROM unnest(:event_ids::uuid[], :idempotency_keys::varchar[], :event_types::varchar[], :schema_versions::int[],
-              :timestamps::timestamptz[], :actor_ids::varchar[], :correlation_ids::uuid[], :causation_ids::uuid[],
-              :payloads::jsonb[], :entity_ids::text[], :expected_versions::int[])
-       WITH ORDINALITY AS e(event_id, idempotency_key, event_type, schema_version, ts, actor_id,
-                            correlation_id, causation_id, payload, entity_id, expected_version, ord)
-  LEFT JOIN LATERAL credit_events_append(e.event_id, e.idempotency_key, e.event_type, e.schema_version, e.ts, e.actor_id,
-                                         e.correlation_id, e.causation_id, e.payload, e.entity_id, e.expected_version) AS a ON true
- ORDER BY e.ord;
+-- One statement, so atomic without BEGIN/COMMIT round trips: credit_events_append_batch locks the batch's entities in a global order, then appends each element in order; an empty row marks a duplicate.
+SELECT stored_position, stored_entity_version
+  FROM credit_events_append_batch(:event_ids, :idempotency_keys, :event_types, :schema_versions, :timestamps, :actor_ids,
+                                  :correlation_ids, :causation_ids, :payloads, :entity_ids, :expected_versions);
 
 -- name: read_events_page(after, page_size)
 -- Keyset page on the primary key (idx_credit_events_sequence): an index range scan starting at after, never OFFSET, so the millionth page costs what the first does.

@@ -1,0 +1,169 @@
+"""PostgreSQL-only behaviour: the database refuses to change history, the schema gate, search_path
+isolation, connection errors without passwords, the idempotency cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from eventstore import (
+    ConcurrencyError,
+    ConfigurationError,
+    DatabaseUnavailableError,
+    PostgresEventJournal,
+    SchemaNotReadyError,
+    create_event_journal,
+)
+from eventstore.schema import downgrade_schema, schema_status, upgrade_schema
+
+from .helpers import event, read_all
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE credit_events SET actor_id = 'mallory'",
+        "DELETE FROM credit_events",
+        "TRUNCATE credit_events",
+    ],
+)
+async def test_database_refuses_to_change_history(database_url, statement):
+    async with PostgresEventJournal(database_url) as journal:
+        await journal.append_event(event())
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await conn.execute(statement)
+        assert await conn.fetchval("SELECT count(*) FROM credit_events") == 1
+    finally:
+        await conn.close()
+
+
+async def test_missing_schema_names_the_fix(empty_database_url):
+    with pytest.raises(SchemaNotReadyError, match="eventstore schema upgrade"):
+        await PostgresEventJournal(empty_database_url).initialize()
+
+
+async def test_upgrade_then_downgrade_then_not_ready(empty_database_url):
+    assert upgrade_schema(empty_database_url) == ["0001_credit_events", "0002_snapshots"]
+    assert upgrade_schema(empty_database_url) == []
+    assert all(state.applied for state in schema_status(empty_database_url))
+    async with PostgresEventJournal(empty_database_url) as journal:
+        assert await journal.append_event(event()) is True
+    assert downgrade_schema(empty_database_url) == ["0002_snapshots", "0001_credit_events"]
+    with pytest.raises(SchemaNotReadyError):
+        await PostgresEventJournal(empty_database_url).initialize()
+
+
+async def test_schema_option_isolates_stores_in_one_database(empty_database_url):
+    for schema in ("tenant_a", "tenant_b"):
+        upgrade_schema(empty_database_url, schema)
+    async with PostgresEventJournal(empty_database_url, schema="tenant_a") as a, \
+            PostgresEventJournal(empty_database_url, schema="tenant_b") as b:
+        await a.append_event(event(payload={"tenant": "a"}))
+        assert [e.payload for e in await read_all(a)] == [{"tenant": "a"}]
+        assert await read_all(b) == []
+    with pytest.raises(SchemaNotReadyError):
+        await PostgresEventJournal(empty_database_url, schema="tenant_c").initialize()
+
+
+async def test_unreachable_server_names_host_and_port_but_never_the_password():
+    url = "postgresql+asyncpg://app:s3cr3t-pw@127.0.0.1:1/nowhere"
+    journal = PostgresEventJournal(url, connect_timeout=2)
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await journal.initialize()
+    assert "127.0.0.1:1" in str(info.value) and "s3cr3t-pw" not in str(info.value)
+    assert "s3cr3t-pw" not in repr(journal) and "s3cr3t-pw" not in str(journal.get_metrics())
+
+
+async def test_wrong_password_message_has_no_password(database_url):
+    await_conn = await asyncpg.connect(database_url)
+    try:
+        await await_conn.execute("DROP ROLE IF EXISTS es_pw_test")
+        await await_conn.execute("CREATE ROLE es_pw_test LOGIN PASSWORD 'right-one'")
+    finally:
+        await await_conn.close()
+    bad = database_url.replace("postgresql://postgres@", "postgresql://es_pw_test:Wr0ng-Secret@")
+    try:
+        journal = PostgresEventJournal(bad, connect_timeout=3)
+        try:
+            await journal.initialize()
+        except Exception as exc:  # trust auth may let it in; either way no password may leak
+            assert "Wr0ng-Secret" not in str(exc)
+        else:
+            await journal.close()
+    finally:
+        conn = await asyncpg.connect(database_url)
+        await conn.execute("DROP ROLE IF EXISTS es_pw_test")
+        await conn.close()
+
+
+@pytest.mark.parametrize("url", ["mysql://x@h/db", "postgresql://user@host:notaport/db", "", "sqlite:///x.db"])
+async def test_bad_urls_are_configuration_errors_listing_what_is_accepted(url):
+    with pytest.raises(ConfigurationError) as info:
+        PostgresEventJournal(url)
+    assert "postgresql" in str(info.value) or "URL" in str(info.value)
+
+
+async def test_factory_accepts_asyncpg_urls_and_env(database_url, monkeypatch):
+    monkeypatch.setenv("EVENT_JOURNAL_BACKEND", "postgres")
+    monkeypatch.setenv("DATABASE_URL", database_url.replace("postgresql://", "postgresql+asyncpg://"))
+    journal = await create_event_journal(pool_size=2, max_overflow=1)
+    try:
+        assert isinstance(journal, PostgresEventJournal)
+        assert await journal.append_event(event()) is True
+        metrics = journal.get_metrics()
+        assert metrics["pool_max_size"] == 3 and metrics["pool_size"] >= 2
+    finally:
+        await journal.close()
+    with pytest.raises(ConfigurationError, match="file, postgres"):
+        await create_event_journal("cassandra")
+    monkeypatch.delenv("DATABASE_URL")
+    with pytest.raises(ConfigurationError, match="DATABASE_URL"):
+        await create_event_journal("postgres")
+
+
+async def test_known_duplicate_costs_no_round_trip_and_cache_is_bounded(database_url):
+    async with PostgresEventJournal(database_url, idempotency_cache_size=10) as journal:
+        stored = [event() for _ in range(30)]
+        for e in stored:
+            await journal.append_event(e)
+        assert journal.get_metrics()["idempotency_cache_size"] == 10
+        assert await journal.append_event(stored[-1]) is False
+        assert journal.get_metrics()["idempotency_cache_hits"] == 1
+        assert await journal.append_event(stored[0]) is False  # evicted: the database answers
+        assert journal.get_metrics()["idempotency_cache_hits"] == 1
+        assert journal.get_metrics()["duplicates"] == 2
+
+
+async def test_version_conflicts_across_separate_pools_are_never_swallowed(database_url):
+    journals = [PostgresEventJournal(database_url, pool_size=4) for _ in range(3)]
+    for j in journals:
+        await j.initialize()
+    try:
+        async def attempt(j: PostgresEventJournal, i: int) -> bool:
+            try:
+                return await j.append_event(event(entity_id="shared", payload={"i": i}), expected_version=0)
+            except ConcurrencyError:
+                return False
+        results = await asyncio.gather(*(attempt(journals[i % 3], i) for i in range(30)))
+        assert results.count(True) == 1
+        assert [e.entity_version for e in await read_all(journals[0])] == [1]
+    finally:
+        for j in journals:
+            await j.close()
+
+
+async def test_pool_never_exceeds_pool_size_plus_overflow(database_url):
+    async with PostgresEventJournal(database_url, pool_size=2, max_overflow=3) as journal:
+        await asyncio.gather(*(journal.append_event(event(entity_id=f"e{i}")) for i in range(100)))
+        conn = await asyncpg.connect(database_url)
+        try:
+            count = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventstore' AND datname = current_database()"
+            )
+        finally:
+            await conn.close()
+        assert 2 <= count <= 5
