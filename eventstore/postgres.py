@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import aiosql
@@ -14,7 +16,7 @@ import asyncpg
 from . import _resources
 from .base import BaseEventJournal, check_expected_version, first_expected_versions
 from .dsn import DatabaseURL, parse_database_url
-from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, PAYLOAD_DECODER, EventEnvelope, validate_event
+from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENCODER, PAYLOAD_DECODER, EventEnvelope, validate_event
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -22,6 +24,7 @@ from .errors import (
     InvalidEventError,
     SchemaNotReadyError,
 )
+from .reads import check_query, check_range
 from .schema import check_schema_name
 
 _CONFLICT_SQLSTATE = "ES409"
@@ -58,6 +61,14 @@ QUERIES = load_queries()
 _APPEND_SQL: str = QUERIES.append_event.sql
 _APPEND_BATCH_SQL: str = QUERIES.append_events.sql
 _READ_PAGE_SQL: str = QUERIES.read_events_page.sql
+_ENTITY_SQL: str = QUERIES.read_entity_page.sql
+_ENTITY_RANGE_SQL: str = QUERIES.read_entity_range_page.sql
+_QUERY_SQL: dict[str, str] = {
+    "correlation": QUERIES.query_by_correlation_page.sql,
+    "payload": QUERIES.query_by_payload_page.sql,
+    "type": QUERIES.query_by_type_page.sql,
+    "time": QUERIES.query_by_time_page.sql,
+}
 
 
 def _decode_jsonb(data: bytes) -> Any:
@@ -316,11 +327,67 @@ class PostgresEventJournal(BaseEventJournal):
                 return
             position = rows[-1][0]
 
-    def read_entity(self, entity_id, *, since=None, until=None):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("read_entity arrives with the reads issue")
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as conn:
+                return await conn.fetch(sql, *args)
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from None
 
-    def query_events(self, **filters):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("query_events arrives with the reads issue")
+    async def read_entity(
+        self, entity_id: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> AsyncIterator[EventEnvelope]:
+        check_range(since, until)
+        ranged = since is not None or until is not None
+        version, page_size = 0, self._page_size
+        while True:
+            if ranged:
+                rows = await self._fetch(_ENTITY_RANGE_SQL, entity_id, since, until, version, page_size)
+            else:
+                rows = await self._fetch(_ENTITY_SQL, entity_id, version, page_size)
+            for row in rows:
+                yield row_to_event(row)
+            if len(rows) < page_size:
+                return
+            version = rows[-1][11]
+
+    async def query_events(
+        self,
+        *,
+        event_type: str | None = None,
+        correlation_id: uuid.UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        payload_contains: dict[str, Any] | None = None,
+        after: int = 0,
+        limit: int | None = None,
+    ) -> AsyncIterator[EventEnvelope]:
+        check_query(event_type, correlation_id, payload_contains, after, limit)
+        check_range(since, until)
+        contains = None if payload_contains is None else ENCODER.encode(payload_contains)
+        # The most selective filter with an index leads; the others are checked on its rows.
+        if correlation_id is not None:
+            sql, head, tail = _QUERY_SQL["correlation"], (correlation_id,), (event_type, since, until, contains)
+        elif contains is not None:
+            sql, head, tail = _QUERY_SQL["payload"], (contains,), (event_type, since, until)
+        elif event_type is not None:
+            sql, head, tail = _QUERY_SQL["type"], (event_type,), (since, until)
+        elif since is not None or until is not None:
+            sql, head, tail = _QUERY_SQL["time"], (since, until), ()
+        else:
+            sql, head, tail = _READ_PAGE_SQL, (), ()
+        position, remaining = after, limit
+        while remaining is None or remaining > 0:
+            page_size = self._page_size if remaining is None else min(self._page_size, remaining)
+            rows = await self._fetch(sql, *head, position, *tail, page_size)
+            for row in rows:
+                yield row_to_event(row)
+            if len(rows) < page_size:
+                return
+            position = rows[-1][0]
+            if remaining is not None:
+                remaining -= len(rows)
 
     def subscribe(self, *, after: int = 0):  # type: ignore[no-untyped-def]
         raise NotImplementedError("subscribe arrives with the reads issue")
