@@ -2,12 +2,13 @@
 -- (never OFFSET); the journal picks the query whose leading filter has an index.
 
 -- name: read_entity_page(entity_id, after_version, page_size)
--- credit_events_entity_version_key: an index range scan on (entity_id, entity_version) returns the stream already in version order.
+-- credit_events_entity_version_key: versions are dense (1..n), so a page is the closed range (after, after + page], one bounded index range scan already in version order.
 SELECT id, event_id, event_type, entity_id, payload, actor_id, correlation_id, causation_id,
        idempotency_key, schema_version, "timestamp", entity_version
   FROM credit_events
  WHERE entity_id = :entity_id
    AND entity_version > :after_version
+   AND entity_version <= :after_version + :page_size
  ORDER BY entity_version
  LIMIT :page_size;
 
