@@ -26,7 +26,8 @@ from .errors import (
     JournalLockedError,
     JournalWriteError,
 )
-from .reads import ScanQueries
+from .reads import ScanQueries, check_query
+from .subscriptions import file_subscribe
 
 DEFAULT_PATH = "storage/events/credits.jsonl"
 _CHUNK = 1 << 20
@@ -107,6 +108,7 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
         self._corrupted_skipped = 0
         self._corrupted_at_open = 0
         self._flushes = 0
+        self._flushed = asyncio.Event()  # replaced and set after each durable flush: wakes subscribers
         self.torn_tail_path: Path | None = None
 
     def __repr__(self) -> str:
@@ -250,6 +252,7 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
         while self._flush_task is not None:  # acknowledged-or-failed: never drop staged appends
             await asyncio.shield(self._flush_task)
         self._open = False
+        self._flushed.set()
         self._release()
 
     # -- appends ---------------------------------------------------------------------------
@@ -376,6 +379,8 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
                 self._durable_position += len(lines)
                 self._total_events += len(lines)
                 self._flushes += 1
+                self._flushed, flushed = asyncio.Event(), self._flushed
+                flushed.set()
                 if done is not None and not done.done():
                     done.set_result(None)
         finally:
@@ -457,8 +462,11 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
                 if yielded % 4096 == 0:
                     await asyncio.sleep(0)  # a long replay must not starve the event loop
 
-    def subscribe(self, *, after: int = 0):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("subscribe arrives with the reads issue")
+    def subscribe(self, *, after: int = 0) -> AsyncIterator[EventEnvelope]:
+        check_query(None, None, None, after, None)
+        if not self._open:
+            raise ConfigurationError("the journal is not initialized (use `async with journal:` or `await journal.initialize()`)")
+        return file_subscribe(self, after)
 
     async def save_snapshot(self, name: str, position: int, state: Any) -> None:
         raise NotImplementedError("snapshots arrive with the snapshots issue")

@@ -26,6 +26,7 @@ from .errors import (
 )
 from .reads import check_query, check_range
 from .schema import check_schema_name
+from .subscriptions import Notifier, pg_subscribe
 
 _CONFLICT_SQLSTATE = "ES409"
 # Errors that mean "the server or the connection is gone", as opposed to "the query is wrong".
@@ -147,6 +148,8 @@ class PostgresEventJournal(BaseEventJournal):
         self._appended = 0
         self._duplicates = 0
         self._cache_hits = 0
+        self._listeners: dict[asyncpg.Connection, asyncio.Event] = {}  # live subscriptions
+        self._notifier = Notifier(self)
 
     def __repr__(self) -> str:
         return f"PostgresEventJournal({self._url}, schema={self.schema!r})"
@@ -203,7 +206,12 @@ class PostgresEventJournal(BaseEventJournal):
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        for conn, wake in list(self._listeners.items()):  # subscriptions end at their next step
+            conn.terminate()
+            wake.set()
+        self._listeners.clear()
         if pool is not None:
+            await self._notifier.close()
             await pool.close()
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
@@ -253,6 +261,7 @@ class PostgresEventJournal(BaseEventJournal):
             return False
         self._appended += 1
         self._total_events += 1
+        self._notifier.poke()
         return True
 
     async def append_events(
@@ -289,6 +298,8 @@ class PostgresEventJournal(BaseEventJournal):
                 self._total_events += 1
             else:
                 self._duplicates += 1
+        if any(flags):
+            self._notifier.poke()
         return flags
 
     def _append_error(self, exc: asyncpg.PostgresError, entity_id: str | None, expected: int | None) -> Exception:
@@ -389,8 +400,9 @@ class PostgresEventJournal(BaseEventJournal):
             if remaining is not None:
                 remaining -= len(rows)
 
-    def subscribe(self, *, after: int = 0):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("subscribe arrives with the reads issue")
+    def subscribe(self, *, after: int = 0) -> AsyncIterator[EventEnvelope]:
+        check_query(None, None, None, after, None)
+        return pg_subscribe(self, after)
 
     async def save_snapshot(self, name: str, position: int, state: Any) -> None:
         raise NotImplementedError("snapshots arrive with the snapshots issue")
