@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -66,7 +66,7 @@ class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):
             causation_id=causation_id,
             idempotency_key=str(event_id) if idempotency_key is None else idempotency_key,
             schema_version=schema_version,
-            timestamp=datetime.now(timezone.utc) if timestamp is None else timestamp,
+            timestamp=datetime.now(UTC) if timestamp is None else timestamp,
         )
 
 
@@ -184,9 +184,9 @@ def validate_event(event: object, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_B
         raise InvalidEventError(
             "payload", f"{len(payload_json)} bytes of JSON exceeds max_payload_bytes={max_payload_bytes}"
         )
-    if timestamp.tzinfo is not timezone.utc:
+    if timestamp.tzinfo is not UTC:
         try:
-            utc = timestamp.astimezone(timezone.utc)
+            utc = timestamp.astimezone(UTC)
         except OverflowError:
             raise InvalidEventError("timestamp", "is out of range once converted to UTC") from None
         event = msgspec.structs.replace(event, timestamp=utc)

@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,7 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
                     "stop that writer or open this one with read_only=True"
                 ) from None
             raise
-        holder = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(timezone.utc).isoformat()}"
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC).isoformat()}"
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
         self._lock_fd = fd
@@ -223,7 +223,7 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
                     return  # the last line is whole and readable
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     pass
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             sidecar = self.path.with_name(f"{self.path.name}.torn-{stamp}")
             with open(sidecar, "xb") as out:
                 out.write(tail)
@@ -324,7 +324,7 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
         batch_keys: set[str] = set()
         batch_ids: set[int] = set()
         batch_versions: dict[str, int] = {}
-        for event, want in zip(batch, expected):
+        for event, want in zip(batch, expected, strict=True):
             key = event.idempotency_key
             if key in self._keys or key in batch_keys:
                 flags.append(False)
@@ -343,7 +343,7 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
             batch_keys.add(key)
             batch_ids.add(event.event_id.int)
             flags.append(True)
-        for (event, payload_json), stored in zip(checked, flags):
+        for (event, payload_json), stored in zip(checked, flags, strict=True):
             if stored:
                 self._stage(event, payload_json)
         self._duplicates += flags.count(False)

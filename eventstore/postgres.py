@@ -291,7 +291,7 @@ class PostgresEventJournal(BaseEventJournal):
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from None
         flags = [row[0] is not None for row in rows]
-        for event, stored in zip(batch, flags):
+        for event, stored in zip(batch, flags, strict=True):
             self._remember(event.idempotency_key)
             if stored:
                 self._appended += 1
@@ -441,7 +441,7 @@ def _conflict_target(
     exc: asyncpg.PostgresError, batch: list[EventEnvelope], expected: list[int | None]
 ) -> tuple[str | None, int | None]:
     entity = _conflict_entity(exc) if exc.sqlstate == _CONFLICT_SQLSTATE else None
-    for event, version in zip(batch, expected):
+    for event, version in zip(batch, expected, strict=True):
         if event.entity_id == entity and version is not None:
             return entity, version
     return entity, None

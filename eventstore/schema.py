@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from ._resources import migrations_dir, shipped_migration_ids
 from .dsn import DatabaseURL, parse_database_url
 from .errors import ConfigurationError, DatabaseUnavailableError
-from ._resources import migrations_dir, shipped_migration_ids
-
-import re
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 

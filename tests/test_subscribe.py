@@ -289,3 +289,22 @@ def test_cli_tail_prints_jsonl_and_exits_0_on_ctrl_c(tmp_path):
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(GUARD)
     assert rc == 0, proc.stderr.read()
+
+
+async def test_a_transaction_in_another_database_does_not_hold_delivery(database_url):
+    """Only transactions connected to this database can insert here: a writing transaction left
+    open in another database (an xid below every later marker) does not stop delivery."""
+    other = await asyncpg.connect(database_url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        transaction = other.transaction()
+        await transaction.start()
+        await other.fetchval("SELECT pg_current_xact_id()")
+        async with PostgresEventJournal(database_url, pool_size=2) as journal:
+            reader = asyncio.create_task(take(journal.subscribe(), 3))
+            for i in range(3):
+                await journal.append_event(event(payload={"i": i}))
+            got = await asyncio.wait_for(reader, GUARD)
+            assert got == await read_all(journal)
+        await transaction.rollback()
+    finally:
+        await other.close()
