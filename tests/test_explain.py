@@ -44,6 +44,7 @@ def correlation(n: int) -> uuid.UUID:
 # (query, arguments in declared order, the index that must drive it)
 CASES = [
     ("read_events_page", (50_000, 1000), "idx_credit_events_sequence"),
+    ("subscription_page", (50_000, 50_500, 1000), "idx_credit_events_sequence"),
     ("read_entity_page", ("hot", 0, 1000), "credit_events_entity_version_key"),
     ("read_entity_page", ("agent-7", 0, 1000), "credit_events_entity_version_key"),
     ("read_entity_range_page", ("agent-7", T0 + timedelta(hours=3), T0 + timedelta(hours=5), 0, 1000),

@@ -148,6 +148,27 @@ async def test_a_dropped_connection_resumes_where_it_stopped(database_url):
         assert got == await read_all(journal)
 
 
+async def test_a_subscription_that_cannot_reconnect_raises_database_unavailable(database_url):
+    from eventstore import DatabaseUnavailableError
+    from eventstore.dsn import parse_database_url
+
+    async with PostgresEventJournal(database_url, pool_size=1) as journal:
+        await journal.append_event(event())
+        subscription = journal.subscribe()
+        assert (await anext(subscription)).position == 1
+        journal._url = parse_database_url("postgresql://postgres@127.0.0.1:1/nowhere")  # the server "moved away"
+        admin = await asyncpg.connect(database_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'eventstore-subscription'"
+            )
+        finally:
+            await admin.close()
+        with pytest.raises(DatabaseUnavailableError, match="127.0.0.1:1"):
+            await asyncio.wait_for(anext(subscription), GUARD)
+
+
 async def test_a_late_committing_low_position_is_not_skipped(database_url):
     """A transaction takes a low id, sleeps in a row trigger, commits after later ids committed."""
     admin = await asyncpg.connect(database_url)
