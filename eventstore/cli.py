@@ -113,6 +113,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from .envelope import ENCODER
+
+    if args.after < 0:
+        raise UsageError(f"--after must be >= 0, got {args.after}")
+    out = sys.stdout.buffer
+
+    async def run() -> None:
+        backend = args.backend or os.environ.get("EVENT_JOURNAL_BACKEND") or "file"
+        journal = await _open(args, **({"read_only": True} if backend == "file" else {}))
+        try:
+            async for event in journal.subscribe(after=args.after):
+                out.write(ENCODER.encode(event) + b"\n")
+                out.flush()
+        finally:
+            await journal.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (`eventstore tail | head`): not an error. Point stdout at devnull
+        # so the interpreter's final flush does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    return EXIT_OK
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     raise UsageError(f"`eventstore {args.command}` is not available yet in this version")
 
@@ -151,10 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=_positive_int, default=8, help="concurrent transfer tasks (default 8)")
     demo.set_defaults(func=cmd_demo)
 
-    tail = commands.add_parser("tail", help="follow the journal as JSONL (not available yet)")
+    tail = commands.add_parser("tail", help="follow the journal as JSONL: every event after --after, then new ones")
     _add_backend_flags(tail)
-    tail.add_argument("--after", type=int, default=0)
-    tail.set_defaults(func=cmd_not_yet)
+    tail.add_argument("--after", type=int, default=0, help="start after this position (default 0: everything)")
+    tail.set_defaults(func=cmd_tail)
     return parser
 
 

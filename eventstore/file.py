@@ -27,7 +27,9 @@ from .errors import (
     JournalLockedError,
     JournalWriteError,
 )
+from .reads import ScanQueries, check_query
 from .snapshots import check_snapshot_args, encode_state, read_snapshot_file, write_snapshot_file
+from .subscriptions import file_subscribe
 
 DEFAULT_PATH = "storage/events/credits.jsonl"
 _CHUNK = 1 << 20
@@ -74,7 +76,7 @@ class _Staged:
         self.previous_version = previous_version
 
 
-class FileEventJournal(BaseEventJournal):
+class FileEventJournal(ScanQueries, BaseEventJournal):
     """Events in a JSONL file. ``read_only=True`` opens without the writer lock (for tools
     and readers in other processes); everything else needs the lock."""
 
@@ -116,6 +118,7 @@ class FileEventJournal(BaseEventJournal):
         self._corrupted_skipped = 0
         self._corrupted_at_open = 0
         self._flushes = 0
+        self._flushed = asyncio.Event()  # replaced and set after each durable flush: wakes subscribers
         self.torn_tail_path: Path | None = None
 
     def __repr__(self) -> str:
@@ -264,6 +267,7 @@ class FileEventJournal(BaseEventJournal):
         while self._flush_task is not None:  # acknowledged-or-failed: never drop staged appends
             await asyncio.shield(self._flush_task)
         self._open = False
+        self._flushed.set()
         self._release()
 
     # -- appends ---------------------------------------------------------------------------
@@ -335,7 +339,7 @@ class FileEventJournal(BaseEventJournal):
         batch_keys: set[str] = set()
         batch_ids: set[int] = set()
         batch_versions: dict[str, int] = {}
-        for event, want in zip(batch, expected):
+        for event, want in zip(batch, expected, strict=True):
             key = event.idempotency_key
             if key in self._keys or key in batch_keys:
                 flags.append(False)
@@ -354,7 +358,7 @@ class FileEventJournal(BaseEventJournal):
             batch_keys.add(key)
             batch_ids.add(event.event_id.int)
             flags.append(True)
-        for (event, payload_json), stored in zip(checked, flags):
+        for (event, payload_json), stored in zip(checked, flags, strict=True):
             if stored:
                 self._stage(event, payload_json)
         self._duplicates += flags.count(False)
@@ -393,6 +397,8 @@ class FileEventJournal(BaseEventJournal):
                 self._line_count += len(lines)
                 self._total_events += len(lines)
                 self._flushes += 1
+                self._flushed, flushed = asyncio.Event(), self._flushed
+                flushed.set()
                 if done is not None and not done.done():
                     done.set_result(None)
         finally:
@@ -478,14 +484,11 @@ class FileEventJournal(BaseEventJournal):
                 if yielded % 4096 == 0:
                     await asyncio.sleep(0)  # a long replay must not starve the event loop
 
-    def read_entity(self, entity_id, *, since=None, until=None):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("read_entity arrives with the reads issue")
-
-    def query_events(self, **filters):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("query_events arrives with the reads issue")
-
-    def subscribe(self, *, after: int = 0):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("subscribe arrives with the reads issue")
+    def subscribe(self, *, after: int = 0) -> AsyncIterator[EventEnvelope]:
+        check_query(None, None, None, after, None)
+        if not self._open:
+            raise ConfigurationError("the journal is not initialized (use `async with journal:` or `await journal.initialize()`)")
+        return file_subscribe(self, after)
 
     @property
     def snapshot_folder(self) -> Path:

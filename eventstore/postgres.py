@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import aiosql
@@ -14,7 +16,7 @@ import asyncpg
 from . import _resources
 from .base import BaseEventJournal, check_expected_version, first_expected_versions
 from .dsn import DatabaseURL, parse_database_url
-from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, PAYLOAD_DECODER, EventEnvelope, Snapshot, validate_event
+from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENCODER, PAYLOAD_DECODER, EventEnvelope, Snapshot, validate_event
 from .errors import (
     ConcurrencyError,
     ConfigurationError,
@@ -22,8 +24,10 @@ from .errors import (
     InvalidEventError,
     SchemaNotReadyError,
 )
+from .reads import check_query, check_range
 from .schema import check_schema_name
 from .snapshots import check_snapshot_args, encode_state
+from .subscriptions import Notifier, pg_subscribe
 
 _CONFLICT_SQLSTATE = "ES409"
 # Errors that mean "the server or the connection is gone", as opposed to "the query is wrong".
@@ -59,6 +63,14 @@ QUERIES = load_queries()
 _APPEND_SQL: str = QUERIES.append_event.sql
 _APPEND_BATCH_SQL: str = QUERIES.append_events.sql
 _READ_PAGE_SQL: str = QUERIES.read_events_page.sql
+_ENTITY_SQL: str = QUERIES.read_entity_page.sql
+_ENTITY_RANGE_SQL: str = QUERIES.read_entity_range_page.sql
+_QUERY_SQL: dict[str, str] = {
+    "correlation": QUERIES.query_by_correlation_page.sql,
+    "payload": QUERIES.query_by_payload_page.sql,
+    "type": QUERIES.query_by_type_page.sql,
+    "time": QUERIES.query_by_time_page.sql,
+}
 
 
 def _decode_jsonb(data: bytes) -> Any:
@@ -137,6 +149,8 @@ class PostgresEventJournal(BaseEventJournal):
         self._appended = 0
         self._duplicates = 0
         self._cache_hits = 0
+        self._listeners: dict[asyncpg.Connection, asyncio.Event] = {}  # live subscriptions
+        self._notifier = Notifier(self)
 
     def __repr__(self) -> str:
         return f"PostgresEventJournal({self._url}, schema={self.schema!r})"
@@ -193,7 +207,12 @@ class PostgresEventJournal(BaseEventJournal):
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
+        for conn, wake in list(self._listeners.items()):  # subscriptions end at their next step
+            conn.terminate()
+            wake.set()
+        self._listeners.clear()
         if pool is not None:
+            await self._notifier.close()
             await pool.close()
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
@@ -243,6 +262,7 @@ class PostgresEventJournal(BaseEventJournal):
             return False
         self._appended += 1
         self._total_events += 1
+        self._notifier.poke()
         return True
 
     async def append_events(
@@ -272,13 +292,15 @@ class PostgresEventJournal(BaseEventJournal):
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from None
         flags = [row[0] is not None for row in rows]
-        for event, stored in zip(batch, flags):
+        for event, stored in zip(batch, flags, strict=True):
             self._remember(event.idempotency_key)
             if stored:
                 self._appended += 1
                 self._total_events += 1
             else:
                 self._duplicates += 1
+        if any(flags):
+            self._notifier.poke()
         return flags
 
     def _append_error(self, exc: asyncpg.PostgresError, entity_id: str | None, expected: int | None) -> Exception:
@@ -317,14 +339,71 @@ class PostgresEventJournal(BaseEventJournal):
                 return
             position = rows[-1][0]
 
-    def read_entity(self, entity_id, *, since=None, until=None):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("read_entity arrives with the reads issue")
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        pool = self._require_pool()
+        try:
+            async with pool.acquire() as conn:
+                return await conn.fetch(sql, *args)
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from None
 
-    def query_events(self, **filters):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("query_events arrives with the reads issue")
+    async def read_entity(
+        self, entity_id: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> AsyncIterator[EventEnvelope]:
+        check_range(since, until)
+        ranged = since is not None or until is not None
+        version, page_size = 0, self._page_size
+        while True:
+            if ranged:
+                rows = await self._fetch(_ENTITY_RANGE_SQL, entity_id, since, until, version, page_size)
+            else:
+                rows = await self._fetch(_ENTITY_SQL, entity_id, version, page_size)
+            for row in rows:
+                yield row_to_event(row)
+            if len(rows) < page_size:
+                return
+            version = rows[-1][11]
 
-    def subscribe(self, *, after: int = 0):  # type: ignore[no-untyped-def]
-        raise NotImplementedError("subscribe arrives with the reads issue")
+    async def query_events(
+        self,
+        *,
+        event_type: str | None = None,
+        correlation_id: uuid.UUID | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        payload_contains: dict[str, Any] | None = None,
+        after: int = 0,
+        limit: int | None = None,
+    ) -> AsyncIterator[EventEnvelope]:
+        check_query(event_type, correlation_id, payload_contains, after, limit)
+        check_range(since, until)
+        contains = None if payload_contains is None else ENCODER.encode(payload_contains)
+        # The most selective filter with an index leads; the others are checked on its rows.
+        if correlation_id is not None:
+            sql, head, tail = _QUERY_SQL["correlation"], (correlation_id,), (event_type, since, until, contains)
+        elif contains is not None:
+            sql, head, tail = _QUERY_SQL["payload"], (contains,), (event_type, since, until)
+        elif event_type is not None:
+            sql, head, tail = _QUERY_SQL["type"], (event_type,), (since, until)
+        elif since is not None or until is not None:
+            sql, head, tail = _QUERY_SQL["time"], (since, until), ()
+        else:
+            sql, head, tail = _READ_PAGE_SQL, (), ()
+        position, remaining = after, limit
+        while remaining is None or remaining > 0:
+            page_size = self._page_size if remaining is None else min(self._page_size, remaining)
+            rows = await self._fetch(sql, *head, position, *tail, page_size)
+            for row in rows:
+                yield row_to_event(row)
+            if len(rows) < page_size:
+                return
+            position = rows[-1][0]
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def subscribe(self, *, after: int = 0) -> AsyncIterator[EventEnvelope]:
+        check_query(None, None, None, after, None)
+        return pg_subscribe(self, after)
 
     async def save_snapshot(self, name: str, position: int, state: Any) -> None:
         check_snapshot_args(name, position)
@@ -377,7 +456,7 @@ def _conflict_target(
     exc: asyncpg.PostgresError, batch: list[EventEnvelope], expected: list[int | None]
 ) -> tuple[str | None, int | None]:
     entity = _conflict_entity(exc) if exc.sqlstate == _CONFLICT_SQLSTATE else None
-    for event, version in zip(batch, expected):
+    for event, version in zip(batch, expected, strict=True):
         if event.entity_id == entity and version is not None:
             return entity, version
     return entity, None

@@ -1,4 +1,4 @@
--- Projection snapshots in credit_snapshots (migration 0002).
+-- Projection snapshots in credit_snapshots (migration 0003).
 
 -- name: save_snapshot(name, position, state)$
 -- Upsert on the primary key; the WHERE keeps a newer snapshot from being replaced by an older one (a slow writer losing a race). Returns the stored position.

@@ -1,5 +1,5 @@
 -- Projection snapshots: the state of a named projection as of a journal position.
--- depends: 0001_credit_events
+-- depends: 0002_subscription_fence
 
 CREATE TABLE credit_snapshots (
     name       TEXT        NOT NULL,

@@ -1,0 +1,101 @@
+"""Every read query uses the index it was written for, on a table big enough that a plan choice
+matters: EXPLAIN of the exact SQL text the journal sends, with the journal's jsonb codec."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from eventstore.envelope import ENCODER
+from eventstore.postgres import QUERIES, _init_connection
+
+ROWS = 120_000
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+# One hot entity with 30,000 versions and 1,500 with 60 each, 40 common event types and a rare one, 10 events per
+# correlation, a rare payload feature for containment, one second between timestamps.
+LOAD = f"""
+INSERT INTO credit_events (event_id, idempotency_key, event_type, "timestamp", actor_id, correlation_id,
+                           payload, entity_id, entity_version)
+SELECT md5('event' || g)::uuid,
+       'key-' || g,
+       CASE WHEN g % 997 = 0 THEN 'credits.audited' ELSE 'credits.type' || (g % 40) END,
+       timestamptz '2025-01-01 00:00:00+00' + g * interval '1 second',
+       'loader',
+       md5('correlation' || (g / 10))::uuid,
+       jsonb_build_object('amount', g % 100, 'account', jsonb_build_object('id', g),
+                          'tags', CASE WHEN g % 997 = 0 THEN '["audit", "vip"]'::jsonb ELSE '["std"]'::jsonb END),
+       CASE WHEN g % 4 = 0 THEN 'hot' ELSE 'agent-' || (g % 2000) END,
+       CASE WHEN g % 4 = 0 THEN g / 4 + 1 ELSE g / 2000 + 1 END
+  FROM generate_series(0, {ROWS - 1}) AS g
+"""
+
+
+def correlation(n: int) -> uuid.UUID:
+    import hashlib
+
+    return uuid.UUID(hashlib.md5(f"correlation{n}".encode()).hexdigest())
+
+
+# (query, arguments in declared order, the index that must drive it)
+CASES = [
+    ("read_events_page", (50_000, 1000), "idx_credit_events_sequence"),
+    ("subscription_page", (50_000, 50_500, 1000), "idx_credit_events_sequence"),
+    ("read_entity_page", ("hot", 0, 1000), "credit_events_entity_version_key"),
+    ("read_entity_page", ("agent-7", 0, 1000), "credit_events_entity_version_key"),
+    ("read_entity_range_page", ("agent-7", T0 + timedelta(hours=3), T0 + timedelta(hours=5), 0, 1000),
+     "idx_credit_events_entity_time"),
+    ("read_entity_range_page", ("agent-7", None, T0 + timedelta(hours=2), 0, 1000), "idx_credit_events_entity_time"),
+    ("query_by_correlation_page", (correlation(4321), 0, None, None, None, None, 1000), "idx_credit_events_correlation"),
+    ("query_by_correlation_page",
+     (correlation(4321), 0, "credits.type1", T0, T0 + timedelta(days=9), ENCODER.encode({"amount": 11}), 1000),
+     "idx_credit_events_correlation"),
+    ("query_by_payload_page", (ENCODER.encode({"tags": ["audit"]}), 0, None, None, None, 1000),
+     "idx_credit_events_payload_gin"),
+    ("query_by_payload_page", (ENCODER.encode({"account": {"id": 777}}), 0, "credits.type17", T0, None, 1000),
+     "idx_credit_events_payload_gin"),
+    ("query_by_type_page", ("credits.audited", 0, None, None, 1000), "idx_credit_events_type"),
+    ("query_by_time_page", (T0 + timedelta(hours=10), T0 + timedelta(hours=11), 0, 1000), "idx_credit_events_timestamp"),
+    ("query_by_time_page", (None, T0 + timedelta(minutes=30), 0, 1000), "idx_credit_events_timestamp"),
+]
+
+
+def walk(plan: dict):
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from walk(child)
+
+
+@pytest.fixture
+async def loaded(database_url):
+    conn = await asyncpg.connect(database_url)
+    await _init_connection(conn)
+    try:
+        await conn.execute(LOAD)
+        await conn.execute("ANALYZE credit_events")
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_every_read_query_uses_its_index(loaded):
+    conn = loaded
+    assert await conn.fetchval("SELECT count(*) FROM credit_events") == ROWS
+    failures = []
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        # asyncpg prepares each statement; PostgreSQL may switch a prepared statement to a
+        # generic plan after five executions, so both kinds of plan must use the index.
+        await conn.execute(f"SET plan_cache_mode = {mode}")
+        for name, args, index in CASES:
+            sql = getattr(QUERIES, name).sql
+            plan = json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args))[0]["Plan"]
+            nodes = list(walk(plan))
+            indexes = {n.get("Index Name") for n in nodes}
+            seq = [n for n in nodes if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "credit_events"]
+            if index not in indexes or seq:
+                failures.append((mode, name, index, [(n["Node Type"], n.get("Index Name")) for n in nodes]))
+    assert failures == [], "\n".join(map(str, failures))
