@@ -34,7 +34,7 @@ from .file import FileEventJournal, iter_lines
 KEEP_CORRUPT = 20
 _DEADLOCK_RETRIES = 5
 
-Progress = Callable[[int, int], None]  # (bytes read, total bytes)
+Progress = Callable[[int, int, int], None]  # (bytes read, total bytes, events so far)
 
 
 class MigrationConflictError(EventStoreError):
@@ -139,13 +139,14 @@ class JournalFileReader:
 # -- connections ------------------------------------------------------------------------------
 
 
-async def connect(database_url: str) -> asyncpg.Connection:
+async def connect(database_url: str, schema: str | None = None) -> asyncpg.Connection:
     """One connection with the journal's binary jsonb codec, after checking the schema is current."""
     from . import _resources
     from .postgres import QUERIES, _init_connection
+    from .schema import check_schema_name
 
     url = parse_database_url(database_url)
-    schema = url.schema or "public"
+    schema = check_schema_name(schema or url.schema or "public")
     try:
         conn = await asyncpg.connect(
             url.asyncpg_dsn(), timeout=10, server_settings={"search_path": schema, "application_name": "eventstore-migrate"}
@@ -222,6 +223,7 @@ async def import_file(
     *,
     batch_size: int = 1000,
     dry_run: bool = False,
+    schema: str | None = None,
     progress: Progress | None = None,
 ) -> ImportResult:
     """Import (or with ``dry_run`` only count) the file's events; see the module docstring."""
@@ -231,7 +233,7 @@ async def import_file(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     reader = JournalFileReader(source_file_path)
     result = ImportResult(dry_run=dry_run)
-    conn = await connect(target_database_url)
+    conn = await connect(target_database_url, schema)
     try:
         if not dry_run and not await conn.fetchval(QUERIES.try_import_lock.sql):
             raise MigrationConflictError("another import into this database is running; wait for it to finish")
@@ -247,7 +249,7 @@ async def import_file(
                 result.inserted += inserted
                 result.already_present += len(batch) - inserted
             if progress is not None:
-                progress(reader.bytes_read, reader.size)
+                progress(reader.bytes_read, reader.size, result.inserted + result.already_present)
         if not dry_run:
             await conn.fetchval(QUERIES.import_unlock.sql)
     finally:
