@@ -16,6 +16,8 @@ to commit and then numbers after it; it never races the import to the same versi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -139,7 +141,7 @@ class JournalFileReader:
 # -- connections ------------------------------------------------------------------------------
 
 
-async def connect(database_url: str, schema: str | None = None) -> asyncpg.Connection:
+async def connect(database_url: str, schema: str | None = None, **settings: str) -> asyncpg.Connection:
     """One connection with the journal's binary jsonb codec, after checking the schema is current."""
     from . import _resources
     from .postgres import QUERIES, _init_connection
@@ -149,7 +151,7 @@ async def connect(database_url: str, schema: str | None = None) -> asyncpg.Conne
     schema = check_schema_name(schema or url.schema or "public")
     try:
         conn = await asyncpg.connect(
-            url.asyncpg_dsn(), timeout=10, server_settings={"search_path": schema, "application_name": "eventstore-migrate"}
+            url.asyncpg_dsn(), timeout=10, server_settings={"search_path": schema, "application_name": "eventstore-migrate", **settings}
         )
     except asyncpg.InvalidCatalogNameError:
         raise DatabaseUnavailableError(f"database {url.database!r} does not exist at {url.where}") from None
@@ -201,8 +203,11 @@ def _conflict(exc: asyncpg.UniqueViolationError, batch: list[tuple[int, EventEnv
     return MigrationConflictError(f"PostgreSQL refused a batch: {exc}")
 
 
-async def _insert_batch(conn: asyncpg.Connection, sql: str, batch: list[tuple[int, EventEnvelope, bytes]]) -> int:
+async def _insert_batch(conn: asyncpg.Connection, batch: list[tuple[int, EventEnvelope, bytes]]) -> int:
+    from .postgres import QUERIES
+
     args = _batch_args(batch)
+    sql = QUERIES.import_batch.sql
     for attempt in range(_DEADLOCK_RETRIES):
         try:
             status = await conn.execute(sql, *args)
@@ -212,9 +217,17 @@ async def _insert_batch(conn: asyncpg.Connection, sql: str, batch: list[tuple[in
                 raise
             continue
         except asyncpg.UniqueViolationError as exc:
-            raise _conflict(exc, batch) from None
+            if exc.constraint_name != "credit_events_idempotency_key_key" or sql is QUERIES.import_batch_on_conflict.sql:
+                raise _conflict(exc, batch) from None
+            sql = QUERIES.import_batch_on_conflict.sql  # a key was stored meanwhile: let the arbiter skip it
+            continue
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 n"
     raise AssertionError("unreachable")
+
+
+def _count(result: ImportResult, inserted: int, size: int) -> None:
+    result.inserted += inserted
+    result.already_present += size - inserted
 
 
 async def import_file(
@@ -233,24 +246,41 @@ async def import_file(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     reader = JournalFileReader(source_file_path)
     result = ImportResult(dry_run=dry_run)
-    conn = await connect(target_database_url, schema)
+    # Batches commit without waiting for the WAL flush (a crash can only lose the latest ones, which a
+    # re-run imports again); flush_wal at the end makes the finished import durable.
+    conn = await connect(target_database_url, schema, **({} if dry_run else {"synchronous_commit": "off"}))
     try:
         if not dry_run and not await conn.fetchval(QUERIES.try_import_lock.sql):
             raise MigrationConflictError("another import into this database is running; wait for it to finish")
-        insert_sql = QUERIES.import_batch.sql
-        present_sql = QUERIES.present_keys.sql
-        for batch in reader.batches(batch_size):
-            if dry_run:
-                present = len(await conn.fetch(present_sql, [e.idempotency_key for _, e, _ in batch]))
-                result.already_present += present
-                result.inserted += len(batch) - present
-            else:
-                inserted = await _insert_batch(conn, insert_sql, batch)
-                result.inserted += inserted
-                result.already_present += len(batch) - inserted
-            if progress is not None:
-                progress(reader.bytes_read, reader.size, result.inserted + result.already_present)
+        # Pipelined: batch k runs on the server while the file is decoded into batch k+1. Batches
+        # still commit strictly one after another, so positions follow file order.
+        in_flight: asyncio.Task[int] | None = None
+        in_flight_size = 0
+        try:
+            for batch in reader.batches(batch_size):
+                if dry_run:
+                    keys = [e.idempotency_key for _, e, _ in batch]
+                    present = len(await conn.fetch(QUERIES.present_keys.sql, keys))
+                    result.already_present += present
+                    result.inserted += len(batch) - present
+                else:
+                    if in_flight is not None:
+                        _count(result, await in_flight, in_flight_size)
+                    in_flight = asyncio.ensure_future(_insert_batch(conn, batch))
+                    in_flight_size = len(batch)
+                    await asyncio.sleep(0)  # let the task send its statement before decoding goes on
+                if progress is not None:
+                    progress(reader.bytes_read, reader.size, result.inserted + result.already_present)
+            if in_flight is not None:
+                task, in_flight = in_flight, None
+                _count(result, await task, in_flight_size)
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
+                with contextlib.suppress(BaseException):
+                    await in_flight
         if not dry_run:
+            await conn.fetchval(QUERIES.flush_wal.sql)
             await conn.fetchval(QUERIES.import_unlock.sql)
     finally:
         await conn.close()
