@@ -217,9 +217,12 @@ async def _insert_batch(conn: asyncpg.Connection, batch: list[tuple[int, EventEn
                 raise
             continue
         except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name != "credit_events_idempotency_key_key" or sql is QUERIES.import_batch_on_conflict.sql:
+            # The same event stored by someone else since the statement began fails on the first
+            # unique index reached (event_id's or the key's): redo the batch with the key as arbiter.
+            retryable = exc.constraint_name in ("credit_events_idempotency_key_key", "credit_events_event_id_key")
+            if not retryable or sql is QUERIES.import_batch_on_conflict.sql:
                 raise _conflict(exc, batch) from None
-            sql = QUERIES.import_batch_on_conflict.sql  # a key was stored meanwhile: let the arbiter skip it
+            sql = QUERIES.import_batch_on_conflict.sql
             continue
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 n"
     raise AssertionError("unreachable")

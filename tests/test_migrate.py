@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -282,3 +284,47 @@ def test_progress_line() -> None:
     assert "[###############---------------]" in line and "50%" in line
     assert "2,500 events/s" in line and "ETA 0:00:02" in line
     assert "ETA 0:00:00" in render("import", 100, 100, 10, 1.0)
+
+
+async def test_key_stored_concurrently_is_skipped_not_an_error(tmp_path: Path, database_url: str) -> None:
+    events = [event(entity_id=f"account-{i}") for i in range(20)]
+    path = tmp_path / "credits.jsonl"
+    await write_file(path, events)
+    stored = (await file_events(path))[7]
+    other = await asyncpg.connect(database_url)
+    try:
+        writer = other.transaction()
+        await writer.start()
+        await other.execute(  # the same event, inserted by someone else and not committed yet
+            "INSERT INTO credit_events (event_id, idempotency_key, event_type, \"timestamp\", actor_id, correlation_id,"
+            " payload, entity_id, entity_version) VALUES ($1, $2, $3, $4, $5, $6, '{\"amount\": 1}', $7, 1)",
+            stored.event_id, stored.idempotency_key, stored.event_type, stored.timestamp, stored.actor_id,
+            stored.correlation_id, stored.entity_id,
+        )
+        task = asyncio.ensure_future(import_file(path, database_url))
+        # The import waits on the uncommitted key in the unique index. (Polled from another
+        # connection: pg_stat_activity is a snapshot that stays fixed within a transaction.)
+        while not await asyncpg_fetchval(
+            database_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventstore-migrate'"
+            " AND datname = current_database() AND wait_event_type = 'Lock'"
+        ):
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        await writer.commit()
+        result = await task
+    finally:
+        await other.close()
+    assert (result.inserted, result.already_present) == (19, 1)
+    stored_events = await db_events(database_url)
+    # The concurrently stored event committed first; the import's own events follow in file order.
+    assert stored_events[0].idempotency_key == stored.idempotency_key
+    assert without_position(stored_events[1:]) == without_position([e for e in await file_events(path) if e != stored])
+
+
+async def asyncpg_fetchval(url: str, sql: str) -> Any:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
