@@ -328,3 +328,58 @@ async def asyncpg_fetchval(url: str, sql: str) -> Any:
         return await conn.fetchval(sql)
     finally:
         await conn.close()
+
+
+async def test_progress_bar_on_a_terminal_only(tmp_path: Path, database_url: str) -> None:
+    import pty
+
+    path = tmp_path / "credits.jsonl"
+    await write_file(path, sample(300))
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "eventstore", "import", str(path), "--batch-size", "50", "--database-url", database_url],
+            stdout=subprocess.PIPE, stderr=follower, text=True, cwd=REPO, timeout=60,
+        )
+        os.close(follower)
+        follower = -1
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            terminal += chunk
+    finally:
+        os.close(leader)
+        if follower != -1:
+            os.close(follower)
+    assert done.returncode == 0 and "inserted 300" in done.stdout
+    assert b"import [" in terminal and b"events/s" in terminal and b"ETA" in terminal and b"100%" in terminal
+    quiet = cli("import", str(path), "--database-url", database_url)  # stderr is a pipe: no bar
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_import_without_schema_says_how_to_fix(tmp_path: Path, empty_database_url: str) -> None:
+    path = tmp_path / "credits.jsonl"
+    path.write_bytes(b"")
+    done = cli("import", str(path), "--database-url", empty_database_url)
+    assert done.returncode == 1
+    assert "eventstore schema upgrade" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+async def test_second_concurrent_import_is_refused(tmp_path: Path, database_url: str) -> None:
+    path = tmp_path / "credits.jsonl"
+    await write_file(path, sample(5))
+    holder = await asyncpg.connect(database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(1701147248, 0)")  # what a running import holds
+        done = cli("import", str(path), "--database-url", database_url)
+        assert done.returncode == 1 and "another import into this database is running" in done.stderr
+        dry = cli("import", str(path), "--dry-run", "--database-url", database_url)  # reads only: allowed
+        assert dry.returncode == 0 and "would insert 5" in dry.stdout
+    finally:
+        await holder.close()
+    assert cli("import", str(path), "--database-url", database_url).returncode == 0
