@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,20 @@ async def connect(database_url: str, schema: str | None = None, **settings: str)
     return conn
 
 
+@contextlib.asynccontextmanager
+async def session(database_url: str, schema: str | None = None, **settings: str) -> AsyncIterator[asyncpg.Connection]:
+    """:func:`connect`, closed at the end; a connection lost on the way is a DatabaseUnavailableError."""
+    conn = await connect(database_url, schema, **settings)
+    try:
+        yield conn
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        url = parse_database_url(database_url)
+        reason = url.scrub(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+        raise DatabaseUnavailableError(f"lost the connection to PostgreSQL at {url.where}: {reason}") from None
+    finally:
+        await conn.close()
+
+
 # -- import -----------------------------------------------------------------------------------
 
 
@@ -251,8 +265,8 @@ async def import_file(
     result = ImportResult(dry_run=dry_run)
     # Batches commit without waiting for the WAL flush (a crash can only lose the latest ones, which a
     # re-run imports again); flush_wal at the end makes the finished import durable.
-    conn = await connect(target_database_url, schema, **({} if dry_run else {"synchronous_commit": "off"}))
-    try:
+    settings = {} if dry_run else {"synchronous_commit": "off"}
+    async with session(target_database_url, schema, **settings) as conn:
         if not dry_run and not await conn.fetchval(QUERIES.try_import_lock.sql):
             raise MigrationConflictError("another import into this database is running; wait for it to finish")
         # Pipelined: batch k runs on the server while the file is decoded into batch k+1. Batches
@@ -285,8 +299,6 @@ async def import_file(
         if not dry_run:
             await conn.fetchval(QUERIES.flush_wal.sql)
             await conn.fetchval(QUERIES.import_unlock.sql)
-    finally:
-        await conn.close()
     result.corrupt, result.corrupt_lines = reader.corrupt, reader.corrupt_lines
     result.repeated, result.events = reader.repeated, reader.events
     return result

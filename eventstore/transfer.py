@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .envelope import ENCODER, EventEnvelope
-from .migrate import KEEP_CORRUPT, JournalFileReader, connect
+from .migrate import KEEP_CORRUPT, JournalFileReader, session
 
 EXAMPLES = 5
 
@@ -28,24 +28,26 @@ async def export_to_file(database_url: str, target: str | os.PathLike[str], *, a
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.export-{os.getpid()}.tmp")
-    conn = await connect(database_url, schema)
     written = 0
     try:
-        total = await conn.fetchval(QUERIES.count_events.sql)
-        with open(temporary, "wb") as out:
-            position = after
-            while True:
-                rows = await conn.fetch(QUERIES.read_events_page.sql, position, page_size)
-                if rows:
-                    out.write(b"".join(ENCODER.encode(row_to_event(row)) + b"\n" for row in rows))
-                    written += len(rows)
-                    position = rows[-1][0]
-                    if progress is not None:
-                        progress(written, total)
-                if len(rows) < page_size:
-                    break
-            out.flush()
-            os.fsync(out.fileno())
+        # One snapshot for every page: the file is the database as of one moment, even if
+        # something still writes (stop writers anyway: see docs/migration.md).
+        async with session(database_url, schema) as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            total = await conn.fetchval(QUERIES.count_events.sql)
+            with open(temporary, "wb") as out:
+                position = after
+                while True:
+                    rows = await conn.fetch(QUERIES.read_events_page.sql, position, page_size)
+                    if rows:
+                        out.write(b"".join(ENCODER.encode(row_to_event(row)) + b"\n" for row in rows))
+                        written += len(rows)
+                        position = rows[-1][0]
+                        if progress is not None:
+                            progress(written, total)
+                    if len(rows) < page_size:
+                        break
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(temporary, target)
         directory = os.open(target.parent, os.O_RDONLY)
         try:
@@ -53,7 +55,6 @@ async def export_to_file(database_url: str, target: str | os.PathLike[str], *, a
         finally:
             os.close(directory)
     finally:
-        await conn.close()
         temporary.unlink(missing_ok=True)
     return written
 
@@ -102,8 +103,7 @@ async def verify_file(source: str | os.PathLike[str], database_url: str, *, batc
 
     reader = JournalFileReader(source)
     result = VerifyResult()
-    conn = await connect(database_url, schema)
-    try:
+    async with session(database_url, schema) as conn:
         for batch in reader.batches(batch_size):
             rows = await conn.fetch(QUERIES.events_by_keys.sql, [e.idempotency_key for _, e, _ in batch])
             stored = {row[8]: row_to_event(row) for row in rows}
@@ -132,8 +132,6 @@ async def verify_file(source: str | os.PathLike[str], database_url: str, *, batc
             if len(page) < 10_000:
                 break
             position = page[-1][0]
-    finally:
-        await conn.close()
     result.events = reader.events
     result.corrupt = reader.corrupt
     for number, reason in reader.corrupt_lines[:KEEP_CORRUPT]:
