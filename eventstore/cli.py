@@ -143,8 +143,89 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    raise UsageError(f"`eventstore {args.command}` is not available yet in this version")
+def _source_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such file")
+    return path
+
+
+def _print_examples(label: str, examples: list[str]) -> None:
+    for example in examples:
+        print(f"  {label}: {example}")
+
+
+def _run_db(coro: Any) -> Any:
+    """Run a coroutine that talks to PostgreSQL; a driver error becomes one line, not a traceback."""
+    import asyncpg
+
+    try:
+        return asyncio.run(coro)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        first = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise EventStoreError(f"PostgreSQL error ({type(exc).__name__}): {first}") from None
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .migrate import import_file
+    from .transfer import ProgressBar
+
+    url = _database_url(args)
+    source = _source_file(args.file)
+    bar = ProgressBar("import")
+    try:
+        result = _run_db(import_file(source, url, batch_size=args.batch_size, dry_run=args.dry_run,
+                                     schema=args.schema, progress=bar.update))
+    finally:
+        bar.finish()
+    if args.json:
+        _print_json(result.as_dict())
+    else:
+        verb = "would insert" if args.dry_run else "inserted"
+        print(f"{verb} {result.inserted}, already present {result.already_present}, corrupt {result.corrupt}"
+              + (f", repeated lines skipped {result.repeated}" if result.repeated else "")
+              + (" (dry run: nothing written)" if args.dry_run else ""))
+        for number, reason in result.corrupt_lines:
+            print(f"  corrupt line {number}: {reason}")
+        if result.corrupt > len(result.corrupt_lines):
+            print(f"  ... and {result.corrupt - len(result.corrupt_lines)} more corrupt lines")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .transfer import ProgressBar, export_to_file
+
+    url = _database_url(args)
+    bar = ProgressBar("export")
+    try:
+        written = _run_db(export_to_file(url, args.file, after=args.after, schema=args.schema, progress=bar.update))
+    finally:
+        bar.finish()
+    if args.json:
+        _print_json({"exported": written, "file": args.file, "after": args.after})
+    else:
+        print(f"exported {written} event(s) to {args.file}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .transfer import ProgressBar, verify_file
+
+    url = _database_url(args)
+    source = _source_file(args.file)
+    bar = ProgressBar("verify")
+    try:
+        result = _run_db(verify_file(source, url, schema=args.schema, progress=bar.update))
+    finally:
+        bar.finish()
+    if args.json:
+        _print_json(result.as_dict())
+    else:
+        state = "OK" if result.ok else "MISMATCH"
+        print(f"{state}: {result.events} file events, {result.matched} identical, {result.missing} missing, "
+              f"{result.different} different, {result.extra_in_database} extra in database, {result.corrupt} corrupt lines")
+        for kind in ("missing", "different", "extra_in_database", "corrupt"):
+            _print_examples(kind.replace("_", " "), result.examples[kind])
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -181,6 +262,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=_positive_int, default=8, help="concurrent transfer tasks (default 8)")
     demo.set_defaults(func=cmd_demo)
 
+    imp = commands.add_parser("import", help="copy a JSONL journal into PostgreSQL (safe to re-run)")
+    imp.add_argument("file", metavar="FILE.jsonl")
+    imp.add_argument("--batch-size", type=_positive_int, default=1000, help="events per statement (default 1000)")
+    imp.add_argument("--dry-run", action="store_true", help="validate and count; write nothing")
+    imp.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    _add_database_flags(imp)
+    imp.set_defaults(func=cmd_import)
+
+    export = commands.add_parser("export", help="write PostgreSQL's events to a JSONL journal")
+    export.add_argument("file", metavar="FILE.jsonl")
+    export.add_argument("--after", type=_non_negative_int, default=0, help="only positions after POS")
+    export.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    _add_database_flags(export)
+    export.set_defaults(func=cmd_export)
+
+    verify = commands.add_parser("verify", help="exit 0 only if every event of the file is in PostgreSQL, identical")
+    verify.add_argument("file", metavar="FILE.jsonl")
+    verify.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    _add_database_flags(verify)
+    verify.set_defaults(func=cmd_verify)
+
     tail = commands.add_parser("tail", help="follow the journal as JSONL: every event after --after, then new ones")
     _add_backend_flags(tail)
     tail.add_argument("--after", type=int, default=0, help="start after this position (default 0: everything)")
@@ -195,6 +297,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
     return value
 
 

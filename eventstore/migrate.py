@@ -1,0 +1,313 @@
+"""File journal → PostgreSQL: stream a JSONL journal into ``credit_events`` in file order.
+
+Each batch is one ``INSERT … SELECT FROM unnest(…) ORDER BY ord ON CONFLICT (idempotency_key)
+DO NOTHING`` statement (``sql/migrate.sql``: ``import_batch``), sent in autocommit: one round trip,
+atomic, so a run killed at any moment leaves whole batches only, and a re-run skips what is
+already there. The file's ``entity_version`` is inserted explicitly, so versions equal the file's,
+and ``credit_events_entity_version_key`` refuses a version already taken by another event (events
+written to PostgreSQL after a switch-over): the import stops with :class:`MigrationConflictError`
+instead of numbering around them.
+
+Locking: the whole import holds a session advisory lock (one import per database at a time), and
+each batch takes the per-entity transaction lock that ``credit_events_append`` takes, for every
+entity in the batch, before inserting. A live append to one of those entities waits for the batch
+to commit and then numbers after it; it never races the import to the same version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from .dsn import parse_database_url
+from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENVELOPE_DECODER, EventEnvelope, validate_event
+from .errors import DatabaseUnavailableError, EventStoreError, InvalidEventError, SchemaNotReadyError
+from .file import FileEventJournal, iter_lines
+
+#: How many corrupt lines a result keeps (with line numbers); the count covers all of them.
+KEEP_CORRUPT = 20
+_DEADLOCK_RETRIES = 5
+
+Progress = Callable[[int, int, int], None]  # (bytes read, total bytes, events so far)
+
+
+class MigrationConflictError(EventStoreError):
+    """The target already holds a different event where the file has one (same entity and
+    version, or same event_id under another key). Batches before it were imported."""
+
+
+@dataclass
+class ImportResult:
+    """What an import did. ``corrupt_lines`` keeps the first :data:`KEEP_CORRUPT` (line, reason)."""
+
+    inserted: int = 0
+    already_present: int = 0
+    corrupt: int = 0
+    corrupt_lines: list[tuple[int, str]] = field(default_factory=list)
+    repeated: int = 0  # lines that repeat an earlier key or position: FileEventJournal skips them too
+    events: int = 0  # valid, distinct events in the file
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "inserted": self.inserted,
+            "already_present": self.already_present,
+            "corrupt": self.corrupt,
+            "corrupt_lines": [{"line": n, "reason": r} for n, r in self.corrupt_lines],
+            "repeated_lines": self.repeated,
+            "events": self.events,
+            "dry_run": self.dry_run,
+        }
+
+
+class JournalFileReader:
+    """Stream a JSONL journal the way :class:`FileEventJournal` reads it: the same legacy
+    completion (``FileEventJournal._complete``), the same rule that a line repeating an earlier
+    idempotency key or position is skipped (first occurrence wins), and ``validate_event``.
+
+    Memory: one dict of entity → version and one set of 64-bit key hashes (the file journal
+    itself keeps every key); lines are read in 1 MiB chunks. A hash collision (odds ~n²/2⁶⁵)
+    would skip an event, which ``verify`` would then report as missing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self.path = Path(path)
+        self.max_payload_bytes = max_payload_bytes
+        self.size = self.path.stat().st_size  # lines appended after this are left for a catch-up run
+        self.bytes_read = 0
+        self.key_hashes: set[int] = set()
+        self.corrupt = 0
+        self.corrupt_lines: list[tuple[int, str]] = []
+        self.repeated = 0
+        self.events = 0
+
+    def _bad(self, number: int, reason: str) -> None:
+        self.corrupt += 1
+        if len(self.corrupt_lines) < KEEP_CORRUPT:
+            self.corrupt_lines.append((number, reason))
+
+    def __iter__(self) -> Iterator[tuple[int, EventEnvelope, bytes]]:
+        """``(line_number, event, payload_json)`` per event, in file order."""
+        versions: dict[str, int] = {}
+        last_position = 0
+        keys = self.key_hashes
+        decode = ENVELOPE_DECODER.decode
+        complete = FileEventJournal._complete
+        for number, line in iter_lines(self.path, self.size):
+            self.bytes_read += len(line) + 1
+            try:
+                event = decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._bad(number, str(exc))
+                continue
+            event, _ = complete(event, line, last_position, versions)
+            position = event.position
+            assert position is not None
+            key_hash = hash(event.idempotency_key)
+            if position <= last_position or key_hash in keys:
+                self.repeated += 1
+                continue
+            last_position = position
+            keys.add(key_hash)
+            if event.entity_id is not None and event.entity_version is not None:
+                versions[event.entity_id] = event.entity_version
+            try:
+                event, payload_json = validate_event(event, self.max_payload_bytes)
+            except InvalidEventError as exc:
+                self._bad(number, str(exc))
+                continue
+            self.events += 1
+            yield number, event, payload_json
+
+    def batches(self, size: int) -> Iterator[list[tuple[int, EventEnvelope, bytes]]]:
+        batch: list[tuple[int, EventEnvelope, bytes]] = []
+        for item in self:
+            batch.append(item)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+# -- connections ------------------------------------------------------------------------------
+
+
+async def connect(database_url: str, schema: str | None = None, **settings: str) -> asyncpg.Connection:
+    """One connection with the journal's binary jsonb codec, after checking the schema is current."""
+    from . import _resources
+    from .postgres import QUERIES, _init_connection
+    from .schema import check_schema_name
+
+    url = parse_database_url(database_url)
+    schema = check_schema_name(schema or url.schema or "public")
+    try:
+        conn = await asyncpg.connect(
+            url.asyncpg_dsn(), timeout=10, server_settings={"search_path": schema, "application_name": "eventstore-migrate", **settings}
+        )
+    except asyncpg.InvalidCatalogNameError:
+        raise DatabaseUnavailableError(f"database {url.database!r} does not exist at {url.where}") from None
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        reason = url.scrub(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+        raise DatabaseUnavailableError(f"PostgreSQL at {url.where} is unavailable: {reason}") from None
+    try:
+        await _init_connection(conn)
+        hint = f"run `eventstore schema upgrade` on {url.where} (schema {schema!r})"
+        try:
+            applied = {row[0] for row in await conn.fetch(QUERIES.applied_migrations.sql)}
+        except asyncpg.UndefinedTableError:
+            raise SchemaNotReadyError(f"the eventstore schema is missing: {hint}") from None
+        missing = [m for m in _resources.shipped_migration_ids() if m not in applied]
+        if missing:
+            raise SchemaNotReadyError(f"the eventstore schema is behind (missing {', '.join(missing)}): {hint}")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+@contextlib.asynccontextmanager
+async def session(database_url: str, schema: str | None = None, **settings: str) -> AsyncIterator[asyncpg.Connection]:
+    """:func:`connect`, closed at the end; a connection lost on the way is a DatabaseUnavailableError."""
+    conn = await connect(database_url, schema, **settings)
+    try:
+        yield conn
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        url = parse_database_url(database_url)
+        reason = url.scrub(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+        raise DatabaseUnavailableError(f"lost the connection to PostgreSQL at {url.where}: {reason}") from None
+    finally:
+        await conn.close()
+
+
+# -- import -----------------------------------------------------------------------------------
+
+
+def _batch_args(batch: list[tuple[int, EventEnvelope, bytes]]) -> list[list[Any]]:
+    events = [e for _, e, _ in batch]
+    return [
+        [e.event_id for e in events], [e.idempotency_key for e in events], [e.event_type for e in events],
+        [e.schema_version for e in events], [e.timestamp for e in events], [e.actor_id for e in events],
+        [e.correlation_id for e in events], [e.causation_id for e in events], [p for _, _, p in batch],
+        [e.entity_id for e in events], [e.entity_version for e in events],
+    ]
+
+
+def _conflict(exc: asyncpg.UniqueViolationError, batch: list[tuple[int, EventEnvelope, bytes]]) -> MigrationConflictError:
+    detail = getattr(exc, "detail", None) or str(exc)
+    if exc.constraint_name == "credit_events_entity_version_key":
+        for number, event, _ in batch:  # name the first line whose (entity, version) is taken
+            if f"=({event.entity_id}, {event.entity_version})" in detail:
+                return MigrationConflictError(
+                    f"line {number}: entity {event.entity_id!r} version {event.entity_version} is already taken in "
+                    "PostgreSQL by a different event (written there after the switch-over?); "
+                    "nothing of this batch was imported, earlier batches were"
+                )
+        return MigrationConflictError(f"an entity version of the file is taken by a different event in PostgreSQL ({detail})")
+    if exc.constraint_name == "credit_events_event_id_key":
+        return MigrationConflictError(f"an event_id of the file is stored in PostgreSQL under another idempotency_key ({detail})")
+    return MigrationConflictError(f"PostgreSQL refused a batch: {exc}")
+
+
+async def _insert_batch(conn: asyncpg.Connection, batch: list[tuple[int, EventEnvelope, bytes]]) -> int:
+    from .postgres import QUERIES
+
+    args = _batch_args(batch)
+    sql = QUERIES.import_batch.sql
+    for attempt in range(_DEADLOCK_RETRIES):
+        try:
+            status = await conn.execute(sql, *args)
+        except asyncpg.DeadlockDetectedError:
+            # A live append_events batch locked our entities in another order; ours was rolled back.
+            if attempt == _DEADLOCK_RETRIES - 1:
+                raise
+            continue
+        except asyncpg.UniqueViolationError as exc:
+            # The same event stored by someone else since the statement began fails on the first
+            # unique index reached (event_id's or the key's): redo the batch with the key as arbiter.
+            retryable = exc.constraint_name in ("credit_events_idempotency_key_key", "credit_events_event_id_key")
+            if not retryable or sql is QUERIES.import_batch_on_conflict.sql:
+                raise _conflict(exc, batch) from None
+            sql = QUERIES.import_batch_on_conflict.sql
+            continue
+        return int(status.rsplit(" ", 1)[1])  # "INSERT 0 n"
+    raise AssertionError("unreachable")
+
+
+def _count(result: ImportResult, inserted: int, size: int) -> None:
+    result.inserted += inserted
+    result.already_present += size - inserted
+
+
+async def import_file(
+    source_file_path: str | os.PathLike[str],
+    target_database_url: str,
+    *,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    schema: str | None = None,
+    progress: Progress | None = None,
+) -> ImportResult:
+    """Import (or with ``dry_run`` only count) the file's events; see the module docstring."""
+    from .postgres import QUERIES
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    reader = JournalFileReader(source_file_path)
+    result = ImportResult(dry_run=dry_run)
+    # Batches commit without waiting for the WAL flush (a crash can only lose the latest ones, which a
+    # re-run imports again); flush_wal at the end makes the finished import durable.
+    settings = {} if dry_run else {"synchronous_commit": "off"}
+    async with session(target_database_url, schema, **settings) as conn:
+        if not dry_run and not await conn.fetchval(QUERIES.try_import_lock.sql):
+            raise MigrationConflictError("another import into this database is running; wait for it to finish")
+        # Pipelined: batch k runs on the server while the file is decoded into batch k+1. Batches
+        # still commit strictly one after another, so positions follow file order.
+        in_flight: asyncio.Task[int] | None = None
+        in_flight_size = 0
+        try:
+            for batch in reader.batches(batch_size):
+                if dry_run:
+                    keys = [e.idempotency_key for _, e, _ in batch]
+                    present = len(await conn.fetch(QUERIES.present_keys.sql, keys))
+                    result.already_present += present
+                    result.inserted += len(batch) - present
+                else:
+                    if in_flight is not None:
+                        _count(result, await in_flight, in_flight_size)
+                    in_flight = asyncio.ensure_future(_insert_batch(conn, batch))
+                    in_flight_size = len(batch)
+                    await asyncio.sleep(0)  # let the task send its statement before decoding goes on
+                if progress is not None:
+                    progress(reader.bytes_read, reader.size, result.inserted + result.already_present)
+            if in_flight is not None:
+                task, in_flight = in_flight, None
+                _count(result, await task, in_flight_size)
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
+                with contextlib.suppress(BaseException):
+                    await in_flight
+        if not dry_run:
+            await conn.fetchval(QUERIES.flush_wal.sql)
+            await conn.fetchval(QUERIES.import_unlock.sql)
+    result.corrupt, result.corrupt_lines = reader.corrupt, reader.corrupt_lines
+    result.repeated, result.events = reader.repeated, reader.events
+    return result
+
+
+async def migrate_file_to_postgres(
+    source_file_path: str | os.PathLike[str], target_database_url: str, batch_size: int = 1000
+) -> int:
+    """Copy a JSONL journal into PostgreSQL in file order; return how many events were newly
+    inserted. Safe to re-run (present events are skipped) and to interrupt at any moment."""
+    result = await import_file(source_file_path, target_database_url, batch_size=batch_size)
+    return result.inserted
