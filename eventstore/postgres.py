@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import uuid
 from collections import OrderedDict
@@ -41,6 +42,8 @@ _UNAVAILABLE = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.QueryCanceledError,
+    # A server that terminated an idle connection can leave asyncpg's protocol out of step.
+    asyncpg.InternalClientError,
 )
 
 
@@ -224,6 +227,25 @@ class PostgresEventJournal(BaseEventJournal):
             raise ConfigurationError("the journal is not initialized (use `async with journal:` or `await journal.initialize()`)")
         return self._pool
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection. After a lost-server error the pool's connections are replaced,
+        so the error is one :class:`DatabaseUnavailableError` for the calls in flight and the
+        next call reconnects."""
+        pool = self._require_pool()
+        try:
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                try:
+                    yield conn
+                except _UNAVAILABLE:
+                    # The server likely dropped its siblings too (restart, failover,
+                    # pg_terminate_backend): replace every pooled connection, not just this one.
+                    conn.terminate()
+                    await pool.expire_connections()
+                    raise
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from None
+
     # -- appends ---------------------------------------------------------------------------
 
     def _remember(self, key: str) -> None:
@@ -243,9 +265,8 @@ class PostgresEventJournal(BaseEventJournal):
             return False
         if event.entity_id is None and expected_version not in (None, 0):
             raise ConcurrencyError(None, expected_version, 0)
-        pool = self._require_pool()
         try:
-            async with pool.acquire() as conn:
+            async with self._connection() as conn:
                 row = await conn.fetchrow(
                     _APPEND_SQL,
                     event.event_id, key, event.event_type, event.schema_version, event.timestamp,
@@ -254,8 +275,6 @@ class PostgresEventJournal(BaseEventJournal):
                 )
         except asyncpg.PostgresError as exc:
             raise self._append_error(exc, event.entity_id, expected_version) from None
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from None
         self._remember(key)
         if row is None:
             self._duplicates += 1
@@ -275,9 +294,8 @@ class PostgresEventJournal(BaseEventJournal):
             check_expected_version(f"expected_versions[{entity!r}]", version)
         batch = [e for e, _ in checked]
         expected = first_expected_versions(batch, expected_versions)
-        pool = self._require_pool()
         try:
-            async with pool.acquire() as conn:
+            async with self._connection() as conn:
                 rows = await conn.fetch(
                     _APPEND_BATCH_SQL,
                     [e.event_id for e in batch], [e.idempotency_key for e in batch],
@@ -289,8 +307,6 @@ class PostgresEventJournal(BaseEventJournal):
         except asyncpg.PostgresError as exc:
             entity, version = _conflict_target(exc, batch, expected)
             raise self._append_error(exc, entity, version) from None
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from None
         flags = [row[0] is not None for row in rows]
         for event, stored in zip(batch, flags, strict=True):
             self._remember(event.idempotency_key)
@@ -324,15 +340,10 @@ class PostgresEventJournal(BaseEventJournal):
     async def read_events(self, *, after: int = 0, skip_corrupted: bool = True) -> AsyncIterator[EventEnvelope]:
         # Rows are checked by the database's constraints on the way in, so there is nothing to skip;
         # skip_corrupted is accepted for parity with the file journal.
-        pool = self._require_pool()
         position = after
         page_size = self._page_size
         while True:
-            try:
-                async with pool.acquire() as conn:
-                    rows = await conn.fetch(_READ_PAGE_SQL, position, page_size)
-            except _UNAVAILABLE as exc:
-                raise self._unavailable(exc) from None
+            rows = await self._fetch(_READ_PAGE_SQL, position, page_size)
             for row in rows:
                 yield row_to_event(row)
             if len(rows) < page_size:
@@ -340,12 +351,8 @@ class PostgresEventJournal(BaseEventJournal):
             position = rows[-1][0]
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        pool = self._require_pool()
-        try:
-            async with pool.acquire() as conn:
-                return await conn.fetch(sql, *args)
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from None
+        async with self._connection() as conn:
+            return await conn.fetch(sql, *args)
 
     async def read_entity(
         self, entity_id: str, *, since: datetime | None = None, until: datetime | None = None
@@ -408,19 +415,13 @@ class PostgresEventJournal(BaseEventJournal):
     async def save_snapshot(self, name: str, position: int, state: Any) -> None:
         check_snapshot_args(name, position)
         state_json = encode_state(state)
-        try:
-            async with self._require_pool().acquire() as conn:
-                await QUERIES.save_snapshot(conn, name=name, position=position, state=state_json)
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from None
+        async with self._connection() as conn:
+            await QUERIES.save_snapshot(conn, name=name, position=position, state=state_json)
 
     async def load_snapshot(self, name: str) -> Snapshot | None:
         check_snapshot_args(name, 0)
-        try:
-            async with self._require_pool().acquire() as conn:
-                row = await QUERIES.load_snapshot(conn, name=name)
-        except _UNAVAILABLE as exc:
-            raise self._unavailable(exc) from None
+        async with self._connection() as conn:
+            row = await QUERIES.load_snapshot(conn, name=name)
         if row is None:
             return None
         return Snapshot(name=row["name"], position=row["position"], state=row["state"], created_at=row["created_at"])

@@ -167,3 +167,28 @@ async def test_pool_never_exceeds_pool_size_plus_overflow(database_url):
         finally:
             await conn.close()
         assert 2 <= count <= 5
+
+
+async def test_terminated_backends_cost_at_most_one_error_per_call_then_recover(database_url):
+    async with PostgresEventJournal(database_url, pool_size=3, max_overflow=0) as journal:
+        await asyncio.gather(*(journal.append_event(event()) for _ in range(6)))
+        admin = await asyncpg.connect(database_url)
+        try:
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'eventstore' AND datname = current_database()"
+            )
+        finally:
+            await admin.close()
+        assert killed >= 1
+        retry = event()
+        outcomes = []
+        for _ in range(3):
+            try:
+                outcomes.append(await journal.append_event(retry))
+            except DatabaseUnavailableError as exc:
+                assert "127.0.0.1" in str(exc)
+                outcomes.append("unavailable")
+        # At most one failure, then the stored-once answer of an idempotent retry.
+        assert outcomes.count("unavailable") <= 1 and outcomes.count(True) == 1
+        assert len(await read_all(journal)) == 7
