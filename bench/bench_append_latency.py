@@ -19,8 +19,20 @@ from collections.abc import Callable
 from typing import Any
 
 from common import (
-    BARE_INSERT, ENCODER, bare_args, bare_connection, compare, create_db, drop_db, file_line,
-    latency_summary, machine_facts, make_events, print_table, url, write_result,
+    BARE_INSERT,
+    ENCODER,
+    bare_args,
+    bare_connection,
+    compare,
+    create_db,
+    drop_db,
+    file_line,
+    latency_summary,
+    machine_facts,
+    make_events,
+    print_table,
+    url,
+    write_result,
 )
 
 from eventstore import FileEventJournal, PostgresEventJournal

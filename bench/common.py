@@ -8,8 +8,7 @@ import os
 import platform
 import resource
 import sys
-import uuid
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +130,7 @@ async def machine_facts(temp_dir: str | None = None) -> dict[str, Any]:
         "asyncpg": asyncpg.__version__,
         "msgspec": msgspec.__version__,
         "file_sync": "os.write + os.fdatasync (FileEventJournal._write_durably)",
-        "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if temp_dir:
         facts["temp_dir_fs"] = _fs_type(temp_dir)
@@ -212,5 +211,3 @@ def write_result(figure: str, rows: list[dict[str, Any]], params: dict[str, Any]
     return path
 
 
-def new_uuid() -> uuid.UUID:
-    return uuid.uuid4()
