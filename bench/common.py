@@ -20,7 +20,8 @@ from eventstore.envelope import ENCODER, EventEnvelope
 PGHOST = os.environ.get("PGHOST", "127.0.0.1")
 PGPORT = int(os.environ.get("PGPORT", "5432"))
 PGUSER = os.environ.get("PGUSER", "postgres")
-RESULTS = Path(__file__).resolve().parent / "results"
+# run_all.py --quick points this at a temp dir, so quick numbers never replace committed ones.
+RESULTS = Path(os.environ.get("BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 # The bare INSERT a careful engineer would write: prepared, named arbiter, id returned.
 BARE_INSERT = """INSERT INTO bare_events (event_id, idempotency_key, event_type, schema_version, "timestamp",
@@ -118,7 +119,33 @@ def latency_summary(samples: list[float]) -> dict[str, float]:
 
 
 def max_rss_kib() -> int:
+    """Peak resident set size of this process so far (KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def reset_peak_rss() -> int:
+    """Reset the peak RSS (Linux: ``5 > /proc/self/clear_refs`` resets VmHWM) and return the RSS now (KiB),
+    so a later :func:`peak_rss_kib` measures what happened since, not an import-time peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_kib("VmRSS:")
+    except OSError:
+        return max_rss_kib()
+
+
+def peak_rss_kib() -> int:
+    """Peak RSS since :func:`reset_peak_rss` (VmHWM), or ru_maxrss where /proc is missing."""
+    try:
+        return _status_kib("VmHWM:")
+    except OSError:
+        return max_rss_kib()
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
 
 
 async def machine_facts(temp_dir: str | None = None) -> dict[str, Any]:
