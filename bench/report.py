@@ -88,7 +88,8 @@ def draw(docs: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
     if doc := docs.get("append-latency"):
         lat = doc["latency_ms"]
         labels = {"pg": "PG journal", "pg_bare": "PG bare INSERT", "peer": "eventsourcing PG",
-                  "file": "file journal", "file_bare": "write+fdatasync"}
+                  "file": "file journal", "file_bare": "write+fdatasync",
+                  "file_hop": "same, in executor"}
         fig, ax = plt.subplots(figsize=(8, 4))
         keys = [k for k in labels if k in lat]
         for i, q in enumerate(("p50", "p99", "p999")):
