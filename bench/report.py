@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ def markdown(docs: dict[str, dict[str, Any]], charts: list[str]) -> str:
             continue
         params = ", ".join(f"{k}={v}" for k, v in doc["params"].items())
         out += ["", f"## {title}", "", f"`{script}` ({params}; results in `bench/results/{doc['file']}`).", ""]
+        method = ast.get_docstring(ast.parse((ROOT / script).read_text())) or ""
+        out += [" ".join(method.split()), ""]
         out += table(doc)
         if figure == "append-latency":
             out += ["", f"Peer: {doc.get('peer', 'n/a')}."]
@@ -64,6 +67,9 @@ def markdown(docs: dict[str, dict[str, Any]], charts: list[str]) -> str:
                     "scans the whole file to rebuild its idempotency and version indexes, which is also "
                     "where its extra RSS comes from."]
         out += [f"\n![{title}]({c})" for c in charts if c.startswith(f"bench-{figure}")]
+    if (ROOT / "docs" / "benchmark-findings.md").exists():
+        out += ["", "## Why the misses", "", "Profiles and the changes that would close each gap: "
+                "[benchmark-findings.md](benchmark-findings.md) (written by hand, dated)."]
     return "\n".join(out) + "\n"
 
 
