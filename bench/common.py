@@ -158,6 +158,8 @@ async def machine_facts(temp_dir: str | None = None) -> dict[str, Any]:
         "msgspec": msgspec.__version__,
         "file_sync": "os.write + os.fdatasync (FileEventJournal._write_durably)",
         "utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        # Other work on the host shows up here: the numbers are noisier when it is above 0.
+        "loadavg_1_5_15_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     if temp_dir:
         facts["temp_dir_fs"] = _fs_type(temp_dir)

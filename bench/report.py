@@ -19,7 +19,7 @@ FIGURES = {
 }
 MACHINE_KEYS = ("cores", "cpu", "platform", "python", "asyncpg", "msgspec", "postgres", "pg_synchronous_commit",
                 "pg_wal_sync_method", "pg_fsync", "pg_shared_buffers", "pg_wal_buffers", "pg_commit_delay",
-                "pg_full_page_writes", "file_sync", "temp_dir_fs", "utc")
+                "pg_full_page_writes", "file_sync", "temp_dir_fs", "loadavg_1_5_15_at_start", "utc")
 
 
 def latest(results: Path) -> dict[str, dict[str, Any]]:
