@@ -1,0 +1,176 @@
+"""Concurrent single appends per second with 1, 8 and 32 asyncio writers in one process.
+
+PostgreSQL: PostgresEventJournal (pool of W connections) vs W bare asyncpg connections, each
+running the prepared INSERT … ON CONFLICT (idempotency_key) DO NOTHING of the same rows.
+File: FileEventJournal (group commit) vs one os.write + os.fdatasync per event from W threads
+(kernel-side coalescing of concurrent fdatasyncs counts for the baseline), plus the ceiling
+of group commit: W lines per write + one fdatasync, back to back.
+Each writer owns one entity stream, so no run waits on another writer's entity lock.
+Variants alternate for ``--rounds`` rounds; each keeps its best round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from common import (
+    BARE_INSERT,
+    bare_args,
+    bare_connection,
+    compare,
+    create_db,
+    drop_db,
+    file_line,
+    machine_facts,
+    make_events,
+    print_table,
+    url,
+    write_result,
+)
+
+from eventstore import FileEventJournal, PostgresEventJournal
+
+
+def split(n: int, writers: int, tag: str) -> list[list[Any]]:
+    """``writers`` lists of events; writer k owns entity ``{tag}-k`` (its versions count 1, 2, …)."""
+    events = make_events(n - n % writers, entities=writers, prefix=tag)
+    return [events[k::writers] for k in range(writers)]
+
+
+async def pg_journal(db: str, writers: int, n: int, tag: str) -> float:
+    journal = PostgresEventJournal(url(db), pool_size=writers, max_overflow=0)
+    async with journal:
+        async def writer(events: list[Any]) -> None:
+            for event in events:
+                await journal.append_event(event)
+
+        await asyncio.gather(*(writer(p) for p in split(writers * 5, writers, tag + "w")))  # warm-up
+        parts = split(n, writers, tag)
+        start = time.perf_counter()
+        await asyncio.gather(*(writer(p) for p in parts))
+        return sum(map(len, parts)) / (time.perf_counter() - start)
+
+
+async def pg_bare(db: str, writers: int, n: int, tag: str) -> float:
+    conns = [await bare_connection(db) for _ in range(writers)]
+    try:
+        stmts = [await c.prepare(BARE_INSERT) for c in conns]
+
+        async def writer(stmt: Any, events: list[Any]) -> None:
+            for version, event in enumerate(events, 1):
+                await stmt.fetchrow(*bare_args(event, version))
+
+        await asyncio.gather(*(writer(s, p) for s, p in zip(stmts, split(writers * 5, writers, tag + "w"), strict=True)))
+        parts = split(n, writers, tag)
+        start = time.perf_counter()
+        await asyncio.gather(*(writer(s, p) for s, p in zip(stmts, parts, strict=True)))
+        return sum(map(len, parts)) / (time.perf_counter() - start)
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def file_journal(path: str, writers: int, n: int, tag: str) -> float:
+    async with FileEventJournal(path) as journal:
+        async def writer(events: list[Any]) -> None:
+            for event in events:
+                await journal.append_event(event)
+
+        parts = split(n, writers, tag)
+        start = time.perf_counter()
+        await asyncio.gather(*(writer(p) for p in parts))
+        return sum(map(len, parts)) / (time.perf_counter() - start)
+
+
+def file_fsync_each(path: str, writers: int, n: int, tag: str) -> float:
+    parts = split(n, writers, tag)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def writer(own: list[Any]) -> None:
+        for version, event in enumerate(own, 1):  # encoding the line is part of the work, as in the journal
+            os.write(fd, file_line(event, 0, version))
+            os.fdatasync(fd)
+
+    try:
+        with ThreadPoolExecutor(writers) as pool:
+            start = time.perf_counter()
+            list(pool.map(writer, parts))
+            return sum(map(len, parts)) / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+
+
+def file_group_ceiling(path: str, writers: int, n: int, tag: str) -> float:
+    events = make_events(n, entities=writers, prefix=tag)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = time.perf_counter()
+        for i in range(0, len(events), writers):
+            os.write(fd, b"".join(file_line(e, i + k + 1, None) for k, e in enumerate(events[i:i + writers])))
+            os.fdatasync(fd)
+        return len(events) / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+
+
+async def run(levels: list[int], n: int, rounds: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    db = await create_db("conc", bare_table=True)
+    best: dict[tuple[str, int], float] = {}
+    try:
+        for w in levels:
+            for r in range(rounds):
+                tag = f"w{w}r{r}"
+                f = os.path.join(temp, tag)
+                measured = {
+                    "pg": await pg_journal(db, w, n, tag + "j"),
+                    "pg_bare": await pg_bare(db, w, n, tag + "b"),
+                    "file": await file_journal(f + "-journal.jsonl", w, n, tag),
+                    "file_bare": await asyncio.to_thread(file_fsync_each, f + "-each.jsonl", w, n, tag),
+                    "file_ceiling": await asyncio.to_thread(file_group_ceiling, f + "-group.jsonl", w, n, tag),
+                }
+                for k, v in measured.items():
+                    best[(k, w)] = max(best.get((k, w), 0.0), v)
+                print(f"  writers={w} round={r}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in measured.items()))
+    finally:
+        await drop_db(db)
+    rows = []
+    for w in levels:
+        target = ">= 0.8" if w >= 8 else None
+        rows.append(compare(f"PostgresEventJournal, {w} writers", best[("pg", w)], f"bare INSERT x{w} conns",
+                            best[("pg_bare", w)], "events/s", target=target))
+    for w in levels:
+        target = ">= 10" if w == 32 else None
+        rows.append(compare(f"FileEventJournal group commit, {w} writers", best[("file", w)],
+                            f"fsync per event x{w} threads", best[("file_bare", w)], "events/s", target=target))
+    rows.append(compare(f"FileEventJournal group commit, {levels[-1]} writers", best[("file", levels[-1])],
+                        "fsync per event, sequential", best[("file_bare", levels[0])], "events/s",
+                        target=">= 10" if levels[-1] == 32 and levels[0] == 1 else None))
+    for w in levels:
+        rows.append(compare(f"FileEventJournal group commit, {w} writers", best[("file", w)],
+                            f"ceiling: {w} lines per fdatasync", best[("file_ceiling", w)], "events/s"))
+    return rows, {"best_events_per_s": {f"{k}@{w}": v for (k, w), v in best.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=4000, help="events per variant, writer count and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--writers", default="1,8,32")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.writers.split(",")]
+    with tempfile.TemporaryDirectory(prefix="es_bench_") as temp:
+        machine = asyncio.run(machine_facts(temp))
+        rows, extra = asyncio.run(run(levels, args.events, args.rounds, temp))
+    print_table(f"Concurrent single appends, {args.events} events per run, best of {args.rounds} rounds", rows)
+    write_result("concurrent-appends", rows, {"events": args.events, "rounds": args.rounds, "writers": levels},
+                 machine, extra)
+
+
+if __name__ == "__main__":
+    main()

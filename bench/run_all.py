@@ -1,0 +1,57 @@
+"""Run every benchmark, then regenerate docs/benchmarks.md and the charts.
+
+Full mode (about 10 minutes on 2 cores) writes bench/results/ and docs/. ``--quick`` uses small
+counts, writes into a temp dir and regenerates the report there: it only checks that all runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FULL = {
+    "bench_append_latency.py": ["--events", "3000"],
+    "bench_concurrent_appends.py": ["--events", "4000", "--rounds", "3"],
+    "bench_duplicates.py": ["--events", "2000"],
+    "bench_replay.py": ["--events", "1000000"],
+}
+QUICK = {
+    "bench_append_latency.py": ["--events", "300"],
+    "bench_concurrent_appends.py": ["--events", "320", "--rounds", "1"],
+    "bench_duplicates.py": ["--events", "200"],
+    "bench_replay.py": ["--events", "20000"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, results in a temp dir (CI smoke run)")
+    args = parser.parse_args()
+    env = dict(os.environ)
+    report_args: list[str] = []
+    temp = tempfile.TemporaryDirectory(prefix="es_bench_quick_") if args.quick else None
+    if temp is not None:
+        env["BENCH_RESULTS"] = temp.name
+        report_args = ["--results", temp.name, "--out", temp.name]
+    started = time.perf_counter()
+    try:
+        for script, script_args in (QUICK if args.quick else FULL).items():
+            print(f"\n=== {script} {' '.join(script_args)}", flush=True)
+            t = time.perf_counter()
+            subprocess.run([sys.executable, str(HERE / script), *script_args], check=True, env=env)
+            print(f"=== {script} took {time.perf_counter() - t:.0f}s", flush=True)
+        subprocess.run([sys.executable, str(HERE / "report.py"), *report_args], check=True, env=env)
+    finally:
+        if temp is not None:
+            temp.cleanup()
+    print(f"\nall benchmarks done in {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
