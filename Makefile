@@ -32,6 +32,15 @@ test: venv postgres
 test-long: venv postgres
 	$(BIN)/pytest -q -m long
 
+# Full run (< 15 min): results in bench/results/, docs/benchmarks.md and charts regenerated.
+bench: venv postgres
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/run_all.py
+
+# Small counts, results in a temp dir: only checks that every benchmark runs.
+bench-quick: venv postgres
+	$(BIN)/python bench/run_all.py --quick
+
 lint: venv
 	$(BIN)/ruff check eventstore tests bench
 
