@@ -148,6 +148,11 @@ class PostgresEventJournal(BaseEventJournal):
         self._pool: asyncpg.Pool | None = None
         self._init_lock = asyncio.Lock()
         self._seen_keys: OrderedDict[str, None] = OrderedDict()
+        # Appends keep up to pool_size connections checked out between calls (the "lane"): the
+        # pool's acquire/release bookkeeping costs about as much as the plpgsql append itself.
+        # One pool connection always stays free for reads and subscriptions.
+        self._lane: list[asyncpg.Connection] = []
+        self._lane_cap = min(pool_size, pool_size + max_overflow - 1)
         self._total_events = 0
         self._appended = 0
         self._duplicates = 0
@@ -216,6 +221,12 @@ class PostgresEventJournal(BaseEventJournal):
         self._listeners.clear()
         if pool is not None:
             await self._notifier.close()
+            lane, self._lane = self._lane, []
+            for conn in lane:
+                try:
+                    await pool.release(conn)
+                except asyncpg.InterfaceError:
+                    pass  # already handed back when its server connection closed
             await pool.close()
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
@@ -239,12 +250,53 @@ class PostgresEventJournal(BaseEventJournal):
                     yield conn
                 except _UNAVAILABLE:
                     # The server likely dropped its siblings too (restart, failover,
-                    # pg_terminate_backend): replace every pooled connection, not just this one.
-                    conn.terminate()
-                    await pool.expire_connections()
+                    # pg_terminate_backend): replace every connection, not just this one.
+                    await self._drop_connections()
                     raise
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from None
+
+    async def _append_call(self, sql: str, *args: Any, many: bool = False) -> Any:
+        """Run an append statement on a lane connection (or a pooled one when the lane is empty)."""
+        pool = self._require_pool()
+        conn = self._lane_pop() or await pool.acquire()
+        outcome = "cancelled"
+        try:
+            result = await (conn.fetch(sql, *args) if many else conn.fetchrow(sql, *args))
+            outcome = "ok"
+            return result
+        except _UNAVAILABLE as exc:
+            outcome = "broken"
+            await self._drop_connections()
+            raise self._unavailable(exc) from None
+        except asyncpg.PostgresError:
+            outcome = "ok"  # a refused statement in autocommit leaves the session clean
+            raise
+        finally:
+            if outcome == "broken":
+                _terminate(conn)  # hands its slot back to the pool
+            elif outcome == "ok" and len(self._lane) < self._lane_cap and not conn.is_closed():
+                self._lane.append(conn)
+            else:
+                await pool.release(conn)  # cancelled mid-statement: the pool cleans up
+
+    async def _drop_connections(self) -> None:
+        """After a lost server: replace every connection rather than fail once per connection."""
+        pool = self._require_pool()
+        await pool.expire_connections()  # pooled ones reconnect on their next acquire
+        lane, self._lane = self._lane, []
+        for conn in lane:
+            _terminate(conn)
+
+    def _lane_pop(self) -> asyncpg.Connection | None:
+        while self._lane:
+            conn = self._lane.pop()
+            try:
+                if not conn.is_closed():
+                    return conn
+            except asyncpg.InterfaceError:
+                pass  # the server closed it and the pool already took its slot back
+        return None
 
     # -- appends ---------------------------------------------------------------------------
 
@@ -266,13 +318,12 @@ class PostgresEventJournal(BaseEventJournal):
         if event.entity_id is None and expected_version not in (None, 0):
             raise ConcurrencyError(None, expected_version, 0)
         try:
-            async with self._connection() as conn:
-                row = await conn.fetchrow(
-                    _APPEND_SQL,
-                    event.event_id, key, event.event_type, event.schema_version, event.timestamp,
-                    event.actor_id, event.correlation_id, event.causation_id, payload_json,
-                    event.entity_id, expected_version,
-                )
+            row = await self._append_call(
+                _APPEND_SQL,
+                event.event_id, key, event.event_type, event.schema_version, event.timestamp,
+                event.actor_id, event.correlation_id, event.causation_id, payload_json,
+                event.entity_id, expected_version,
+            )
         except asyncpg.PostgresError as exc:
             raise self._append_error(exc, event.entity_id, expected_version) from None
         self._remember(key)
@@ -295,15 +346,15 @@ class PostgresEventJournal(BaseEventJournal):
         batch = [e for e, _ in checked]
         expected = first_expected_versions(batch, expected_versions)
         try:
-            async with self._connection() as conn:
-                rows = await conn.fetch(
-                    _APPEND_BATCH_SQL,
-                    [e.event_id for e in batch], [e.idempotency_key for e in batch],
-                    [e.event_type for e in batch], [e.schema_version for e in batch],
-                    [e.timestamp for e in batch], [e.actor_id for e in batch],
-                    [e.correlation_id for e in batch], [e.causation_id for e in batch],
-                    [p for _, p in checked], [e.entity_id for e in batch], expected,
-                )
+            rows = await self._append_call(
+                _APPEND_BATCH_SQL,
+                [e.event_id for e in batch], [e.idempotency_key for e in batch],
+                [e.event_type for e in batch], [e.schema_version for e in batch],
+                [e.timestamp for e in batch], [e.actor_id for e in batch],
+                [e.correlation_id for e in batch], [e.causation_id for e in batch],
+                [p for _, p in checked], [e.entity_id for e in batch], expected,
+                many=True,
+            )
         except asyncpg.PostgresError as exc:
             entity, version = _conflict_target(exc, batch, expected)
             raise self._append_error(exc, entity, version) from None
@@ -443,9 +494,17 @@ class PostgresEventJournal(BaseEventJournal):
             "pool_size": size,
             "pool_in_use": size - idle,
             "pool_max_size": self._pool_size + self._max_overflow,
+            "append_lane": len(self._lane),
             "database": self._url.where,
             "schema": self.schema,
         }
+
+
+def _terminate(conn: asyncpg.Connection) -> None:
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:
+        pass  # already handed back to the pool when its server connection closed
 
 
 def _conflict_entity(exc: asyncpg.PostgresError) -> str | None:

@@ -123,13 +123,15 @@ async def test_explicit_null_entity_is_not_taken_from_the_payload(tmp_path):
         assert stored.entity_id is None and unstamped(stored) == e
 
 
-async def test_concurrent_appends_share_fsyncs(tmp_path):
-    async with FileEventJournal(tmp_path / "credits.jsonl") as journal:
+@pytest.mark.parametrize("fsync_on_loop", [False, True], ids=["fsync-thread", "fsync-on-loop"])
+async def test_concurrent_appends_share_fsyncs(tmp_path, fsync_on_loop):
+    async with FileEventJournal(tmp_path / "credits.jsonl", fsync_on_loop=fsync_on_loop) as journal:
         await asyncio.gather(*(journal.append_event(event()) for _ in range(200)))
         metrics = journal.get_metrics()
         assert metrics["appended"] == 200
         assert metrics["fsyncs"] < 20  # group commit: far fewer fsyncs than appends
         assert len(await read_all(journal)) == 200
+        assert [e.position for e in await read_all(journal)] == list(range(1, 201))
 
 
 async def test_resume_from_a_late_position_uses_the_seek_index(tmp_path):
