@@ -43,9 +43,9 @@ CREATE INDEX idx_credit_events_payload_gin ON credit_events USING GIN (payload j
 CREATE INDEX idx_credit_events_entity_time ON credit_events (entity_id, "timestamp" DESC);
 
 -- Gap-free subscriptions (docs/ordering.md): every inserting transaction takes its
--- transaction id *before* it draws an id from the sequence. A reader that knows the
--- sequence's high-water mark and then waits for the transactions in progress to finish
--- knows that no row at or below that mark can still appear.
+-- transaction id *before* it draws an id from the sequence. A reader that reads the
+-- sequence's high-water mark, then takes a fresh xid as a marker and waits until no
+-- transaction below the marker is running, knows no row at or below that mark can still appear.
 CREATE FUNCTION credit_events_take_xid() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
