@@ -192,3 +192,17 @@ async def test_terminated_backends_cost_at_most_one_error_per_call_then_recover(
         # At most one failure, then the stored-once answer of an idempotent retry.
         assert outcomes.count("unavailable") <= 1 and outcomes.count(True) == 1
         assert len(await read_all(journal)) == 7
+
+
+async def test_replay_read_ahead_is_released_when_the_reader_stops_early(database_url):
+    async with PostgresEventJournal(database_url, pool_size=2, max_overflow=0, page_size=10) as journal:
+        await journal.append_events([event(payload={"i": i}) for i in range(55)])
+        seen = []
+        async for e in journal.read_events():
+            seen.append(e.payload["i"])
+            if len(seen) == 15:
+                break  # a page is being fetched ahead right now
+        assert seen == list(range(15))
+        assert [e.payload["i"] async for e in journal.read_events(after=50)] == [50, 51, 52, 53, 54]
+        assert len([e async for e in journal.read_events()]) == 55  # pages of 10, ahead by one
+    assert journal.get_metrics()["pool_size"] == 0  # closed without waiting on a stray fetch
