@@ -174,19 +174,12 @@ class PostgresEventJournal(BaseEventJournal):
                 return
             try:
                 pool = await asyncpg.create_pool(
-                    self._url.asyncpg_dsn(),
                     min_size=self._pool_size,
                     max_size=self._pool_size + self._max_overflow,
                     max_inactive_connection_lifetime=60.0,
                     init=_init_connection,
                     reset=_reset_connection,
-                    timeout=self._connect_timeout,
-                    command_timeout=self._statement_timeout + 5,
-                    server_settings={
-                        "search_path": self.schema,
-                        "statement_timeout": str(int(self._statement_timeout * 1000)),
-                        "application_name": "eventstore",
-                    },
+                    **self.connect_options("eventstore"),
                 )
             except _UNAVAILABLE as exc:
                 raise self._unavailable(exc) from None
@@ -202,6 +195,19 @@ class PostgresEventJournal(BaseEventJournal):
                 await pool.close()
                 raise
             self._pool = pool
+
+    def connect_options(self, application_name: str) -> dict[str, Any]:
+        """What every connection of this journal is opened with (pooled or dedicated)."""
+        return {
+            "dsn": self._url.asyncpg_dsn(),
+            "timeout": self._connect_timeout,
+            "command_timeout": self._statement_timeout + 5,
+            "server_settings": {
+                "search_path": self.schema,
+                "statement_timeout": str(int(self._statement_timeout * 1000)),
+                "application_name": application_name,
+            },
+        }
 
     async def _check_schema(self, pool: asyncpg.Pool) -> None:
         hint = f"run `eventstore schema upgrade --database-url ...` (schema {self.schema!r} at {self._url.where})"

@@ -86,16 +86,7 @@ async def _listen(journal: PostgresEventJournal, wake: asyncio.Event) -> asyncpg
         if journal._pool is None:
             raise DatabaseUnavailableError("the journal was closed")
         try:
-            conn = await asyncpg.connect(
-                journal._url.asyncpg_dsn(),
-                timeout=journal._connect_timeout,
-                command_timeout=journal._statement_timeout + 5,
-                server_settings={
-                    "search_path": journal.schema,
-                    "statement_timeout": str(int(journal._statement_timeout * 1000)),
-                    "application_name": "eventstore-subscription",
-                },
-            )
+            conn = await asyncpg.connect(**journal.connect_options("eventstore-subscription"))
         except _UNAVAILABLE as exc:
             if attempt == RECONNECT_ATTEMPTS - 1:
                 raise journal._unavailable(exc) from None
