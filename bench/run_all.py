@@ -1,6 +1,6 @@
 """Run every benchmark, then regenerate docs/benchmarks.md and the charts.
 
-Full mode (about 10 minutes on 2 cores) writes bench/results/ and docs/. ``--quick`` uses small
+Full mode (about 13 minutes on 2 cores) writes bench/results/ and docs/. ``--quick`` uses small
 counts, writes into a temp dir and regenerates the report there: it only checks that all runs.
 """
 
@@ -20,12 +20,14 @@ FULL = {
     "bench_concurrent_appends.py": ["--events", "4000", "--rounds", "3"],
     "bench_duplicates.py": ["--events", "2000"],
     "bench_replay.py": ["--events", "1000000"],
+    "load.py": ["--writers", "8,32", "--subscribers", "4", "--seconds", "30"],
 }
 QUICK = {
     "bench_append_latency.py": ["--events", "300"],
     "bench_concurrent_appends.py": ["--events", "320", "--rounds", "1"],
     "bench_duplicates.py": ["--events", "200"],
     "bench_replay.py": ["--events", "20000"],
+    "load.py": ["--writers", "4", "--subscribers", "2", "--seconds", "2"],
 }
 
 
