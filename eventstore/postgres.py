@@ -268,7 +268,12 @@ class PostgresEventJournal(BaseEventJournal):
     async def _append_call(self, sql: str, *args: Any, many: bool = False) -> Any:
         """Run an append statement on a lane connection (or a pooled one when the lane is empty)."""
         pool = self._require_pool()
-        conn = self._lane_pop() or await pool.acquire()
+        conn = self._lane_pop()
+        if conn is None:
+            try:
+                conn = await pool.acquire()
+            except _UNAVAILABLE as exc:  # the pool reconnects on acquire: a down server surfaces here
+                raise self._unavailable(exc) from None
         outcome = "cancelled"
         try:
             result = await (conn.fetch(sql, *args) if many else conn.fetchrow(sql, *args))
