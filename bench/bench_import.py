@@ -1,23 +1,21 @@
 """Import speed: migrate_file_to_postgres against a plain COPY of the same rows.
 
-    python bench/bench_import.py [--events 200000] [--batch-size 1000] [--database-url postgresql://postgres@127.0.0.1:5432/postgres]
+    python bench/bench_import.py [--events 200000] [--batch-size 1000]
 
 Writes N events to a JSONL file (lines as FileEventJournal writes them, ~1/10 without an entity),
-creates the scratch database es_bench_import with the schema, imports the file into
+creates a scratch database es_bench_import_<pid> with the schema, imports the file into
 credit_events (all indexes, triggers, per-entity locks), then COPYs the same rows with asyncpg's
 copy_records_to_table into a bare copy of the table (CREATE TABLE … (LIKE credit_events INCLUDING
 ALL): same indexes, no triggers). Prints events/s of both, the ratio (also against COPY plus the
-decoding and validation the import does), and the peak RSS of the import (measured before the
-COPY rows are built in memory). Drops the scratch database at the end.
+decoding and validation the import does), and the peak RSS growth of the import vs that of building
+the COPY rows and copying them (VmHWM reset before each). Both start after a CHECKPOINT. Drops the
+scratch database at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import resource
-import sys
 import tempfile
 import time
 import uuid
@@ -25,16 +23,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+from common import (
+    compare,
+    create_db,
+    drop_db,
+    machine_facts,
+    peak_rss_kib,
+    print_table,
+    reset_peak_rss,
+    url,
+    write_result,
+)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from eventstore import EventEnvelope, migrate_file_to_postgres
+from eventstore.envelope import ENCODER, ENVELOPE_DECODER, validate_event
+from eventstore.postgres import _init_connection
 
-from eventstore import EventEnvelope, migrate_file_to_postgres  # noqa: E402
-from eventstore.dsn import parse_database_url  # noqa: E402
-from eventstore.envelope import ENCODER, ENVELOPE_DECODER, validate_event  # noqa: E402
-from eventstore.postgres import _init_connection  # noqa: E402
-from eventstore.schema import upgrade_schema  # noqa: E402
-
-SCRATCH = "es_bench_import"
 COLUMNS = ["event_id", "idempotency_key", "event_type", "schema_version", "timestamp", "actor_id",
            "correlation_id", "causation_id", "payload", "entity_id", "entity_version"]
 
@@ -70,66 +74,68 @@ def records(path: Path) -> list[tuple]:
     return rows
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+async def run(events: int, batch_size: int, folder: str) -> tuple[list[dict], dict]:
+    path = Path(folder) / "credits.jsonl"
+    started = time.perf_counter()
+    generate(path, events)
+    print(f"  generated {events:,} events ({path.stat().st_size / 2**20:.1f} MiB) in "
+          f"{time.perf_counter() - started:.1f}s", flush=True)
+    db = await create_db("import")
+    try:
+        conn = await asyncpg.connect(url(db))
+        await _init_connection(conn)
+        await conn.execute("CREATE TABLE bench_copy (LIKE credit_events INCLUDING ALL)")
+        await conn.execute("CHECKPOINT")
+
+        rss0 = reset_peak_rss()
+        started = time.perf_counter()
+        inserted = await migrate_file_to_postgres(path, url(db), batch_size=batch_size)
+        import_seconds = time.perf_counter() - started
+        import_rss = (peak_rss_kib() - rss0) / 1024
+        assert inserted == events, inserted
+
+        await conn.execute("CHECKPOINT")
+        rss0 = reset_peak_rss()
+        started = time.perf_counter()
+        rows = records(path)
+        build_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        await conn.copy_records_to_table("bench_copy", records=rows, columns=COLUMNS)
+        copy_seconds = time.perf_counter() - started
+        copy_rss = (peak_rss_kib() - rss0) / 1024
+        del rows
+        await conn.close()
+    finally:
+        await drop_db(db)
+
+    import_rate, copy_rate = events / import_seconds, events / copy_seconds
+    with_build = events / (copy_seconds + build_seconds)
+    print(f"  import {import_seconds:.1f}s, COPY {copy_seconds:.1f}s (+{build_seconds:.1f}s decoding and validating "
+          f"the file into rows), RSS growth import {import_rss:.0f} MiB, COPY {copy_rss:.0f} MiB", flush=True)
+    rows_out = [
+        compare(f"migrate_file_to_postgres (batch {batch_size})", import_rate, "COPY, rows prebuilt in memory",
+                copy_rate, "events/s", target=">= 0.7"),
+        compare(f"migrate_file_to_postgres (batch {batch_size})", import_rate, "decode+validate file, then COPY",
+                with_build, "events/s"),
+        compare("migrate_file_to_postgres peak RSS growth", import_rss, "decode all rows, then COPY", copy_rss, "MiB",
+                lower_is_better=True),
+    ]
+    return rows_out, {"seconds": {"import": import_seconds, "copy": copy_seconds, "build_rows": build_seconds},
+                      "rss_growth_mib": {"import": import_rss, "copy": copy_rss},
+                      "file_mib": path.stat().st_size / 2**20}
 
 
-async def main() -> None:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
-                        help="server to create the scratch database on")
     args = parser.parse_args()
-
-    admin_url = parse_database_url(args.database_url)
-    scratch_url = admin_url.parts._replace(path=f"/{SCRATCH}").geturl()
-    admin = await asyncpg.connect(admin_url.asyncpg_dsn())
-    await admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH} WITH (FORCE)")
-    await admin.execute(f"CREATE DATABASE {SCRATCH}")
-    try:
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "credits.jsonl"
-            started = time.perf_counter()
-            generate(path, args.events)
-            print(f"generated {args.events:,} events ({path.stat().st_size / 2**20:.1f} MiB) in "
-                  f"{time.perf_counter() - started:.1f}s")
-            upgrade_schema(scratch_url)
-            conn = await asyncpg.connect(parse_database_url(scratch_url).asyncpg_dsn())
-            await _init_connection(conn)
-            await conn.execute("CREATE TABLE bench_copy (LIKE credit_events INCLUDING ALL)")
-            await conn.execute("CHECKPOINT")
-
-            started = time.perf_counter()
-            inserted = await migrate_file_to_postgres(path, scratch_url, batch_size=args.batch_size)
-            import_seconds = time.perf_counter() - started
-            import_rss = peak_rss_mib()
-            assert inserted == args.events, inserted
-
-            started = time.perf_counter()
-            rows = records(path)
-            build_seconds = time.perf_counter() - started
-            await conn.execute("CHECKPOINT")
-            started = time.perf_counter()
-            await conn.copy_records_to_table("bench_copy", records=rows, columns=COLUMNS)
-            copy_seconds = time.perf_counter() - started
-            await conn.close()
-    finally:
-        await admin.execute(f"DROP DATABASE IF EXISTS {SCRATCH} WITH (FORCE)")
-        await admin.close()
-
-    import_rate = args.events / import_seconds
-    copy_rate = args.events / copy_seconds
-    print(f"import (migrate_file_to_postgres, batch {args.batch_size}): {import_rate:,.0f} events/s ({import_seconds:.2f}s, "
-          "file decode + validation included)")
-    print(f"COPY (copy_records_to_table, rows prebuilt in memory): {copy_rate:,.0f} events/s ({copy_seconds:.2f}s)")
-    print(f"ratio import/COPY: {import_rate / copy_rate:.2f}")
-    with_build = args.events / (copy_seconds + build_seconds)
-    print(f"COPY plus decoding and validating the file first ({build_seconds:.2f}s): {with_build:,.0f} events/s; "
-          f"ratio import/that: {import_rate / with_build:.2f}")
-    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-    print(f"peak RSS during import: {import_rss:.0f} MiB (whole run: {peak_rss_mib():.0f} MiB)")
+    with tempfile.TemporaryDirectory(prefix="es_bench_") as folder:
+        machine = asyncio.run(machine_facts(folder))
+        rows, extra = asyncio.run(run(args.events, args.batch_size, folder))
+    print_table(f"Import of {args.events:,} events vs COPY into a table with the same indexes", rows)
+    write_result("import", rows, {"events": args.events, "batch_size": args.batch_size}, machine, extra)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
