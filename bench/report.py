@@ -74,6 +74,13 @@ def markdown(docs: dict[str, dict[str, Any]], charts: list[str]) -> str:
         out += load_table(doc) if figure == "load" else table(doc)
         if figure == "append-latency":
             out += ["", f"Peer: {doc.get('peer', 'n/a')}."]
+        if figure == "load":
+            machine = doc["machine"]
+            out += ["", f"Load average at the start of this run: {machine.get('loadavg_1_5_15_at_start')} on "
+                    f"{machine.get('cores')} cores. Lag p50 / p99 per subscriber:", ""]
+            out += [f"- {r['backend']}, {r['writers']} writers: " + "; ".join(
+                f"{d['name']} {fmt(d['lag_ms']['p50'])} / {fmt(d['lag_ms']['p99'])} ms"
+                for d in r["subscriber_details"]) for r in doc["rows"]]
         if figure == "replay":
             readers = doc.get("readers", {})
             opens = ", ".join(f"{k} {v['open_seconds']:.2f}s" for k, v in readers.items())
