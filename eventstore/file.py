@@ -9,6 +9,7 @@ import errno
 import fcntl
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -100,6 +101,7 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
         self._open = False
         self._fd: int | None = None
         self._lock_fd: int | None = None
+        self._write_marker_fd: int | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._keys: set[str] = set()
         self._event_ints: set[int] = set()
@@ -150,6 +152,8 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
                 if created:
                     _fsync_dir(self.path.parent)
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventstore-fsync")
+                # Recovery has read the marker: start from an empty one.
+                self._write_marker_fd = os.open(self._write_marker_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         except BaseException:
             self._release()
             raise
@@ -231,15 +235,34 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
             return event, False
         return msgspec.structs.replace(event, **changes), True
 
+    @property
+    def _write_marker_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".writing")
+
+    def _unfinished_write_start(self, size: int) -> int | None:
+        """Where the last write() began when a killed writer left it incomplete: the lines of
+        one flush (an ``append_events`` batch among them) are all kept or all cut off."""
+        try:
+            marker = self._write_marker_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(marker) < 16:
+            return None
+        start, end = struct.unpack_from("<QQ", marker)
+        return start if start < size < end else None
+
     def _recover_tail(self) -> None:
         with open(self.path, "r+b") as handle:
             size = handle.seek(0, os.SEEK_END)
             if size == 0:
                 return
             tail_start = _last_line_start(handle, size)
+            unfinished = self._unfinished_write_start(size)
+            if unfinished is not None:  # whole lines of a cut-short write go to the sidecar too
+                tail_start = min(tail_start, unfinished)
             handle.seek(tail_start)
             tail = handle.read()
-            if tail.endswith(b"\n"):
+            if unfinished is None and tail.endswith(b"\n"):
                 try:
                     ENVELOPE_DECODER.decode(tail[:-1])
                     return  # the last line is whole and readable
@@ -264,6 +287,9 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
+        if self._write_marker_fd is not None:
+            os.close(self._write_marker_fd)
+            self._write_marker_fd = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
@@ -445,6 +471,11 @@ class FileEventJournal(ScanQueries, BaseEventJournal):
         assert fd is not None
         view = memoryview(data)
         try:
+            if self._write_marker_fd is not None:
+                # A SIGKILL can stop write() part-way, after some whole lines: the marker tells
+                # recovery where this write began and ends (in the page cache, which outlives us).
+                end = self._durable_size + len(data)
+                os.pwrite(self._write_marker_fd, struct.pack("<QQ", self._durable_size, end), 0)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
