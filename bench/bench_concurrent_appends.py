@@ -1,7 +1,12 @@
-"""Concurrent single appends per second with 1, 8 and 32 asyncio writers in one process.
+"""Concurrent single appends per second with 1, 8 and 32 writers: tasks in one process, and processes.
 
 PostgreSQL: PostgresEventJournal (pool of W connections) vs W bare asyncpg connections, each
 running the prepared INSERT … ON CONFLICT (idempotency_key) DO NOTHING of the same rows.
+The same in W separate processes (spawned once per W, synchronised by a barrier; each with one
+journal of one connection, or one bare connection; rate = all events / first start to last end).
+Peer: the eventsourcing library's PostgresApplicationRecorder (gap-free by locking the table) in
+W threads with a pool of W connections, one event per insert_events call, each thread its own
+originator, a quarter of the events (it is the slowest).
 File: FileEventJournal (group commit) vs one os.write + os.fdatasync per event from W threads
 (kernel-side coalescing of concurrent fdatasyncs counts for the baseline), plus the ceiling
 of group commit: W lines per write + one fdatasync, back to back.
@@ -13,14 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from common import (
     BARE_INSERT,
+    ENCODER,
+    PGHOST,
+    PGPORT,
+    PGUSER,
     bare_args,
     bare_connection,
     compare,
@@ -76,6 +87,92 @@ async def pg_bare(db: str, writers: int, n: int, tag: str) -> float:
             await c.close()
 
 
+def peer_threads(db: str, writers: int, n: int, tag: str) -> float | None:
+    """eventsourcing's PostgreSQL application recorder from ``writers`` threads, or None if not installed."""
+    try:
+        from eventsourcing.persistence import StoredEvent
+        from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+    except ImportError:
+        return None
+    datastore = PostgresDatastore(db, PGHOST, PGPORT, PGUSER, "", pool_size=writers, max_overflow=0)
+    try:
+        recorder = PostgresApplicationRecorder(datastore, events_table_name="stored_events")
+        recorder.create_table()
+
+        def writer(events: list[Any]) -> None:
+            originator = uuid.uuid4()
+            for version, event in enumerate(events, 1):
+                recorder.insert_events([StoredEvent(originator, version, event.event_type,
+                                                    ENCODER.encode(event.payload))])
+
+        with ThreadPoolExecutor(writers) as pool:
+            list(pool.map(writer, split(writers * 2, writers, tag + "w")))  # warm-up: opens the pool's connections
+            parts = split(n, writers, tag)
+            start = time.perf_counter()
+            list(pool.map(writer, parts))
+            return sum(map(len, parts)) / (time.perf_counter() - start)
+    finally:
+        datastore.close()
+
+
+async def _process_writer(db: str, k: int, writers: int, n: int, rounds: int, barrier: Any, results: Any) -> None:
+    """One writer process: per round, the journal then the bare INSERT, each started at the barrier."""
+    for r in range(rounds):
+        for variant in ("pg_proc", "pg_bare_proc"):
+            events = make_events(n // writers + 5, entities=1, prefix=f"p{writers}r{r}{variant}{k}")
+            if variant == "pg_proc":
+                journal = PostgresEventJournal(url(db), pool_size=1, max_overflow=0)
+                await journal.initialize()
+                for event in events[:5]:  # warm-up: connection, prepared statement
+                    await journal.append_event(event)
+                barrier.wait()
+                start = time.monotonic()
+                for event in events[5:]:
+                    await journal.append_event(event)
+                end = time.monotonic()
+                await journal.close()
+            else:
+                conn = await bare_connection(db)
+                stmt = await conn.prepare(BARE_INSERT)
+                for version, event in enumerate(events[:5], 1):
+                    await stmt.fetchrow(*bare_args(event, version))
+                barrier.wait()
+                start = time.monotonic()
+                for version, event in enumerate(events[5:], 6):  # encoding the row is part of the work
+                    await stmt.fetchrow(*bare_args(event, version))
+                end = time.monotonic()
+                await conn.close()
+            results.put((variant, r, start, end, len(events) - 5))
+            barrier.wait()
+
+
+def _process_main(*args: Any) -> None:
+    asyncio.run(_process_writer(*args))
+
+
+def pg_processes(db: str, writers: int, n: int, rounds: int) -> dict[tuple[str, int], float]:
+    """Rates of the journal and of bare INSERTs in ``writers`` separate processes, per round."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no event loop inherited
+    barrier, results = ctx.Barrier(writers), ctx.Queue()
+    procs = [ctx.Process(target=_process_main, args=(db, k, writers, n, rounds, barrier, results))
+             for k in range(writers)]
+    for p in procs:
+        p.start()
+    spans: dict[tuple[str, int], list[tuple[float, float, int]]] = {}
+    try:
+        for _ in range(writers * rounds * 2):
+            variant, r, start, end, count = results.get(timeout=600)
+            spans.setdefault((variant, r), []).append((start, end, count))
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return {key: sum(c for _, _, c in v) / (max(e for _, e, _ in v) - min(s for s, _, _ in v))
+            for key, v in spans.items()}
+
+
 async def file_journal(path: str, writers: int, n: int, tag: str) -> float:
     async with FileEventJournal(path) as journal:
         async def writer(events: list[Any]) -> None:
@@ -121,9 +218,13 @@ def file_group_ceiling(path: str, writers: int, n: int, tag: str) -> float:
 
 async def run(levels: list[int], n: int, rounds: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     db = await create_db("conc", bare_table=True)
+    peer_db = await create_db("conc_peer", schema=False)
     best: dict[tuple[str, int], float] = {}
     try:
         for w in levels:
+            for (k, r), v in (await asyncio.to_thread(pg_processes, db, w, n, rounds)).items():
+                best[(k, w)] = max(best.get((k, w), 0.0), v)
+                print(f"  writers={w} round={r}: {k} {v:,.0f}/s", flush=True)
             for r in range(rounds):
                 tag = f"w{w}r{r}"
                 f = os.path.join(temp, tag)
@@ -134,16 +235,33 @@ async def run(levels: list[int], n: int, rounds: int, temp: str) -> tuple[list[d
                     "file_bare": await asyncio.to_thread(file_fsync_each, f + "-each.jsonl", w, n, tag),
                     "file_ceiling": await asyncio.to_thread(file_group_ceiling, f + "-group.jsonl", w, n, tag),
                 }
+                peer = await asyncio.to_thread(peer_threads, peer_db, w, max(n // 4, w * 4), tag + "p")
+                if peer is not None:
+                    measured["peer"] = peer
                 for k, v in measured.items():
                     best[(k, w)] = max(best.get((k, w), 0.0), v)
-                print(f"  writers={w} round={r}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in measured.items()))
+                print(f"  writers={w} round={r}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in measured.items()),
+                      flush=True)
     finally:
         await drop_db(db)
+        await drop_db(peer_db)
     rows = []
     for w in levels:
         target = ">= 0.8" if w >= 8 else None
         rows.append(compare(f"PostgresEventJournal, {w} writers", best[("pg", w)], f"bare INSERT x{w} conns",
                             best[("pg_bare", w)], "events/s", target=target))
+    for w in levels:
+        target = ">= 0.8" if w >= 8 else None
+        rows.append(compare(f"PostgresEventJournal, {w} processes", best[("pg_proc", w)],
+                            f"bare INSERT x{w} processes", best[("pg_bare_proc", w)], "events/s", target=target))
+    if ("peer", levels[0]) in best:
+        for w in levels:
+            target = ">= 3" if w >= 8 else None
+            rows.append(compare(f"PostgresEventJournal, {w} writers", best[("pg", w)],
+                                f"peer: eventsourcing x{w} threads", best[("peer", w)], "events/s", target=target))
+        for w in levels:
+            rows.append(compare(f"eventsourcing recorder, {w} threads", best[("peer", w)], f"bare INSERT x{w} conns",
+                                best[("pg_bare", w)], "events/s"))
     for w in levels:
         target = ">= 10" if w == 32 else None
         rows.append(compare(f"FileEventJournal group commit, {w} writers", best[("file", w)],
