@@ -20,6 +20,10 @@ FULL = {
     "bench_concurrent_appends.py": ["--events", "4000", "--rounds", "3"],
     "bench_duplicates.py": ["--events", "2000"],
     "bench_replay.py": ["--events", "1000000"],
+    # 1M events would take about 3.5 minutes alone: 250k keeps the whole run under 15 minutes.
+    "bench_import.py": ["--events", "250000"],
+    "bench_queries.py": ["--events", "1000000", "--samples", "100", "--budget", "8"],
+    "bench_snapshots.py": ["--events", "1000000"],
     "load.py": ["--writers", "8,32", "--subscribers", "4", "--seconds", "30"],
 }
 QUICK = {
@@ -27,6 +31,9 @@ QUICK = {
     "bench_concurrent_appends.py": ["--events", "320", "--rounds", "1"],
     "bench_duplicates.py": ["--events", "200"],
     "bench_replay.py": ["--events", "20000"],
+    "bench_import.py": ["--events", "5000"],
+    "bench_queries.py": ["--events", "20000", "--samples", "10", "--budget", "2"],
+    "bench_snapshots.py": ["--events", "20000", "--deltas", "100,1000,10000", "--reps", "2"],
     "load.py": ["--writers", "4", "--subscribers", "2", "--seconds", "2"],
 }
 
