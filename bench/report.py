@@ -16,6 +16,9 @@ FIGURES = {
     "concurrent-appends": ("Concurrent single appends", "bench/bench_concurrent_appends.py"),
     "duplicates": ("Duplicate appends", "bench/bench_duplicates.py"),
     "replay": ("Replay", "bench/bench_replay.py"),
+    "import": ("Import vs COPY", "bench/bench_import.py"),
+    "queries": ("Read and query latency", "bench/bench_queries.py"),
+    "snapshots": ("Snapshot + delta vs full replay", "bench/bench_snapshots.py"),
     "load": ("Load: concurrent writers and subscribers", "bench/load.py"),
 }
 MACHINE_KEYS = ("cores", "cpu", "platform", "python", "asyncpg", "msgspec", "postgres", "pg_synchronous_commit",
@@ -87,6 +90,15 @@ def markdown(docs: dict[str, dict[str, Any]], charts: list[str]) -> str:
             out += ["", f"Open time before the first event (not in the rates): {opens}. The file journal's open "
                     "scans the whole file to rebuild its idempotency and version indexes, which is also "
                     "where its extra RSS comes from."]
+        if figure == "queries":
+            out += ["", f"The file journal's open (a scan that rebuilds its indexes, before any query): "
+                    f"{doc['file_open_seconds']:.2f}s. PostgreSQL samples per kind: " + ", ".join(
+                        f"{k} {v['journal_ms']['n']}" for k, v in doc["pg"].items()) + "."]
+        if figure == "snapshots":
+            out += [""] + [f"- {b}: open {r['open_seconds']:.2f}s, full replay {r['full_seconds']:.2f}s; snapshot + "
+                           + ", ".join(f"{int(d):,}: {v['seconds'] * 1000:.1f} ms ({r['full_seconds'] / v['seconds']:.0f}×"
+                                       " faster)" for d, v in r["delta"].items())
+                           for b, r in doc["backends"].items()]
         out += [f"\n![{title}]({c})" for c in charts if c.startswith(f"bench-{figure}")]
     if (ROOT / "docs" / "benchmark-findings.md").exists():
         out += ["", "## Why the misses", "", "Profiles and the changes that would close each gap: "
@@ -130,9 +142,12 @@ def draw(docs: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
         best = doc["best_events_per_s"]
         levels = doc["params"]["writers"]
         fig, ax = plt.subplots(figsize=(8, 4))
-        for key, label in (("pg", "PG journal"), ("pg_bare", "PG bare INSERT"), ("file", "file journal"),
-                           ("file_bare", "fsync per event"), ("file_ceiling", "W lines per fdatasync")):
-            ax.plot(levels, [best[f"{key}@{w}"] for w in levels], marker="o", label=label)
+        for key, label in (("pg", "PG journal"), ("pg_bare", "PG bare INSERT"), ("pg_proc", "PG journal, processes"),
+                           ("pg_bare_proc", "PG bare INSERT, processes"), ("peer", "eventsourcing PG, threads"),
+                           ("file", "file journal"), ("file_bare", "fsync per event"),
+                           ("file_ceiling", "W lines per fdatasync")):
+            if all(f"{key}@{w}" in best for w in levels):
+                ax.plot(levels, [best[f"{key}@{w}"] for w in levels], marker="o", label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(levels, [str(w) for w in levels])
@@ -148,6 +163,43 @@ def draw(docs: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
         ax.set_ylabel("events/s")
         ax.set_title(f"Replay of {doc['params']['events']:,} events")
         save(fig, "replay")
+    if doc := docs.get("import"):
+        n = doc["params"]["events"]
+        sec = doc["seconds"]
+        bars = {"import": n / sec["import"], "COPY": n / sec["copy"],
+                "decode+COPY": n / (sec["copy"] + sec["build_rows"])}
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.bar(list(bars), list(bars.values()))
+        ax.set_ylabel("events/s")
+        ax.set_title(f"Import of {n:,} events vs COPY")
+        save(fig, "import")
+    if doc := docs.get("queries"):
+        pg = doc["pg"]
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for i, (key, label) in enumerate((("journal_ms", "journal"), ("bare_custom_ms", "bare, custom plans"),
+                                          ("bare_ms", "bare, plan cache on"))):
+            ax.bar([j + i * 0.27 for j in range(len(pg))], [v[key]["p50"] for v in pg.values()], 0.27, label=label)
+        ax.set_xticks([j + 0.27 for j in range(len(pg))], [k.split(" [")[0].replace("query_events", "q")
+                                                           for k in pg], fontsize=7, rotation=12)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per call, p50")
+        ax.set_title(f"PostgreSQL query latency, {doc['params']['events']:,} events")
+        ax.legend(fontsize=8)
+        save(fig, "queries")
+    if doc := docs.get("snapshots"):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for backend, r in doc["backends"].items():
+            deltas = [int(d) for d in r["delta"]]
+            line = ax.plot(deltas, [v["seconds"] for v in r["delta"].values()], marker="o",
+                           label=f"{backend}: snapshot + delta")
+            ax.axhline(r["full_seconds"], linestyle="--", color=line[0].get_color(), label=f"{backend}: full replay")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("events after the snapshot")
+        ax.set_ylabel("seconds")
+        ax.set_title(f"Balances projection, {doc['params']['events']:,} events")
+        ax.legend(fontsize=8)
+        save(fig, "snapshots")
     return names
 
 
