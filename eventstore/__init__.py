@@ -11,6 +11,7 @@ from .errors import (
     InvalidEventError,
     JournalLockedError,
     JournalWriteError,
+    PermissionDeniedError,
     SchemaNotReadyError,
 )
 from .factory import close_event_journal, create_event_journal, get_event_journal
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidEventError",
     "JournalLockedError",
     "JournalWriteError",
+    "PermissionDeniedError",
     "PostgresEventJournal",
     "SchemaNotReadyError",
     "Snapshot",

@@ -4,7 +4,7 @@ and describe a server without ever repeating its password."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
 
 from .errors import ConfigurationError
 
@@ -39,15 +39,32 @@ class DatabaseURL:
         """``host:port/database`` for messages."""
         return f"{self.host}:{self.port}/{self.database}"
 
-    def _with_scheme(self, scheme: str, extra_query: dict[str, str] | None = None) -> str:
+    @property
+    def connect_timeout(self) -> float | None:
+        """libpq's ``?connect_timeout=`` (seconds), which asyncpg would send as a server setting."""
+        value = dict(parse_qsl(self.parts.query)).get("connect_timeout")
+        try:
+            return float(value) if value else None
+        except ValueError:
+            raise ConfigurationError(f"connect_timeout must be a number of seconds (got {value!r})") from None
+
+    def _with_scheme(self, scheme: str, extra_query: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> str:
         query = dict(parse_qsl(self.parts.query))
-        query.pop("schema", None)
+        for name in ("schema", *drop):
+            query.pop(name, None)
         if extra_query:
             query.update(extra_query)
-        return self.parts._replace(scheme=scheme, query=urlencode(query)).geturl()
+        # User and password re-quoted, so every driver reads them alike (a raw '@' or '%' in a
+        # password would otherwise split differently, or quote a fragment of it in libpq's error).
+        userinfo, at, hostinfo = self.parts.netloc.rpartition("@")
+        if at:
+            user, colon, password = userinfo.partition(":")
+            userinfo = quote(unquote(user), safe="") + (colon and ":" + quote(unquote(password), safe=""))
+        netloc = f"{userinfo}{at}{hostinfo}"
+        return self.parts._replace(scheme=scheme, netloc=netloc, query=urlencode(query)).geturl()
 
     def asyncpg_dsn(self) -> str:
-        return self._with_scheme("postgresql")
+        return self._with_scheme("postgresql", drop=("connect_timeout",))
 
     def yoyo_url(self, schema: str) -> str:
         # psycopg 3 (pulled in by pytest-postgresql anyway) instead of yoyo's psycopg2 default.

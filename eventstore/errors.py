@@ -57,6 +57,11 @@ class DatabaseUnavailableError(EventStoreError, ConnectionError):
     """PostgreSQL cannot be reached or the connection was lost (names host and port, never a password)."""
 
 
+class PermissionDeniedError(EventStoreError):
+    """The database role lacks a privilege the operation needs (SQLSTATE 42501): appending needs
+    membership of ``eventstore_writer``, reading of ``eventstore_reader`` (docs/operations.md)."""
+
+
 class JournalWriteError(EventStoreError, OSError):
     """The file journal could not write or fsync (full disk, I/O error); nothing of the failed
     appends was stored and the journal stays readable."""

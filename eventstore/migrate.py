@@ -151,7 +151,7 @@ async def connect(database_url: str, schema: str | None = None, **settings: str)
     schema = check_schema_name(schema or url.schema or "public")
     try:
         conn = await asyncpg.connect(
-            url.asyncpg_dsn(), timeout=10, server_settings={"search_path": schema, "application_name": "eventstore-migrate", **settings}
+            url.asyncpg_dsn(), timeout=url.connect_timeout or 10, server_settings={"search_path": schema, "application_name": "eventstore-migrate", **settings}
         )
     except asyncpg.InvalidCatalogNameError:
         raise DatabaseUnavailableError(f"database {url.database!r} does not exist at {url.where}") from None

@@ -8,7 +8,7 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aiosql
@@ -24,6 +24,7 @@ from .errors import (
     DatabaseUnavailableError,
     EventStoreError,
     InvalidEventError,
+    PermissionDeniedError,
     SchemaNotReadyError,
 )
 from .reads import check_query, check_range
@@ -102,6 +103,11 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 
 def row_to_event(row: asyncpg.Record) -> EventEnvelope:
+    timestamp = row[10]
+    if timestamp.tzinfo is None:
+        # asyncpg sends datetime.min/max in UTC as -infinity/infinity and decodes those back as
+        # *naive* datetime.min/max: give them their zone back, so they round-trip like any instant.
+        timestamp = timestamp.replace(tzinfo=UTC)
     return EventEnvelope(
         position=row[0],
         event_id=row[1],
@@ -113,7 +119,7 @@ def row_to_event(row: asyncpg.Record) -> EventEnvelope:
         causation_id=row[7],
         idempotency_key=row[8],
         schema_version=row[9],
-        timestamp=row[10],
+        timestamp=timestamp,
         entity_version=row[11],
     )
 
@@ -134,7 +140,7 @@ class PostgresEventJournal(BaseEventJournal):
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         idempotency_cache_size: int = 100_000,
         page_size: int = 1000,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = None,
         statement_timeout: float = 30.0,
     ) -> None:
         self._url: DatabaseURL = parse_database_url(database_url)
@@ -146,7 +152,8 @@ class PostgresEventJournal(BaseEventJournal):
         self._max_payload_bytes = max_payload_bytes
         self._cache_size = idempotency_cache_size
         self._page_size = page_size
-        self._connect_timeout = connect_timeout
+        # Default: the URL's libpq-style ?connect_timeout=, else 10 s.
+        self._connect_timeout = connect_timeout if connect_timeout is not None else (self._url.connect_timeout or 10.0)
         self._statement_timeout = statement_timeout
         self._pool: asyncpg.Pool | None = None
         self._init_lock = asyncio.Lock()
@@ -216,6 +223,8 @@ class PostgresEventJournal(BaseEventJournal):
                 applied = {row[0] async for row in QUERIES.applied_migrations(conn)}
         except asyncpg.UndefinedTableError:
             raise SchemaNotReadyError(f"the eventstore schema is missing: {hint}") from None
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise self._denied(exc, "read the eventstore schema", "eventstore_reader or eventstore_writer") from None
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from None
         missing = [m for m in _resources.shipped_migration_ids() if m not in applied]
@@ -242,6 +251,14 @@ class PostgresEventJournal(BaseEventJournal):
         reason = self._url.scrub(str(exc) or type(exc).__name__).splitlines()[0] if str(exc) else type(exc).__name__
         return DatabaseUnavailableError(f"PostgreSQL at {self._url.where} is unavailable: {reason}")
 
+    def _denied(self, exc: asyncpg.PostgresError, action: str, needs: str) -> PermissionDeniedError:
+        reason = self._url.scrub(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+        role = self._url.parts.username or "the connecting role"
+        return PermissionDeniedError(
+            f"role {role!r} may not {action} at {self._url.where} (schema {self.schema!r}): {reason}; "
+            f"grant it membership of {needs} (docs/operations.md)"
+        )
+
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise ConfigurationError("the journal is not initialized (use `async with journal:` or `await journal.initialize()`)")
@@ -264,6 +281,8 @@ class PostgresEventJournal(BaseEventJournal):
                     raise
         except _UNAVAILABLE as exc:
             raise self._unavailable(exc) from None
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise self._denied(exc, "run this statement", "eventstore_writer (writes) or eventstore_reader (reads)") from None
 
     async def _append_call(self, sql: str, *args: Any, many: bool = False) -> Any:
         """Run an append statement on a lane connection (or a pooled one when the lane is empty)."""
@@ -396,6 +415,8 @@ class PostgresEventJournal(BaseEventJournal):
                 return ConcurrencyError(entity_id, expected if expected is not None else -1, -1)
         if isinstance(exc, _UNAVAILABLE):
             return self._unavailable(exc)
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            return self._denied(exc, "append to credit_events", "eventstore_writer")
         if isinstance(exc, asyncpg.UndefinedFunctionError | asyncpg.UndefinedTableError):
             return SchemaNotReadyError(f"the eventstore schema is missing or behind: run `eventstore schema upgrade` ({exc})")
         return exc

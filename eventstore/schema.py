@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ._resources import migrations_dir, shipped_migration_ids
 from .dsn import DatabaseURL, parse_database_url
-from .errors import ConfigurationError, DatabaseUnavailableError
+from .errors import ConfigurationError, DatabaseUnavailableError, EventStoreError
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -37,6 +37,21 @@ def _backend(url: DatabaseURL, schema: str):  # type: ignore[no-untyped-def]
         raise DatabaseUnavailableError(
             f"cannot reach PostgreSQL at {url.where}: {url.scrub(str(exc)).strip().splitlines()[-1]}"
         ) from None
+    except psycopg.Error as exc:  # e.g. a URL libpq refuses: its message may quote the password
+        raise ConfigurationError(f"PostgreSQL at {url.where}: {type(exc).__name__} for this URL") from None
+
+
+def _failed(url: DatabaseURL, action: str, exc: Exception) -> EventStoreError:
+    """A migration the server refused (or a lost connection) as one clear line, without the password."""
+    import psycopg
+
+    diag = getattr(exc, "diag", None)
+    message = url.scrub((getattr(diag, "message_primary", None) or str(exc) or type(exc).__name__).strip().splitlines()[0])
+    hint = getattr(diag, "message_hint", None)
+    text = f"schema {action} failed at {url.where}: {message}" + (f" (hint: {url.scrub(hint)})" if hint else "")
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailableError(text)
+    return EventStoreError(text)
 
 
 def _migrations():  # type: ignore[no-untyped-def]
@@ -46,6 +61,12 @@ def _migrations():  # type: ignore[no-untyped-def]
     if len(migrations) == 0:  # a wrong path silently yields nothing: refuse to "succeed"
         raise FileNotFoundError(f"no migrations in {migrations_dir()}")
     return migrations
+
+
+def _psycopg_error() -> type[Exception]:
+    import psycopg
+
+    return psycopg.Error
 
 
 def _target(database_url: str | DatabaseURL, schema: str | None) -> tuple[DatabaseURL, str]:
@@ -58,9 +79,12 @@ def upgrade_schema(database_url: str | DatabaseURL, schema: str | None = None) -
     url, schema = _target(database_url, schema)
     backend = _backend(url, schema)
     migrations = _migrations()
-    with backend.lock():
-        pending = backend.to_apply(migrations)
-        backend.apply_migrations(pending)
+    try:
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+    except _psycopg_error() as exc:
+        raise _failed(url, "upgrade", exc) from None
     return [m.id for m in pending]
 
 
@@ -69,9 +93,12 @@ def downgrade_schema(database_url: str | DatabaseURL, schema: str | None = None)
     url, schema = _target(database_url, schema)
     backend = _backend(url, schema)
     migrations = _migrations()
-    with backend.lock():
-        applied = backend.to_rollback(migrations)
-        backend.rollback_migrations(applied)
+    try:
+        with backend.lock():
+            applied = backend.to_rollback(migrations)
+            backend.rollback_migrations(applied)
+    except _psycopg_error() as exc:
+        raise _failed(url, "downgrade", exc) from None
     return [m.id for m in applied]
 
 

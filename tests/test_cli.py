@@ -27,11 +27,11 @@ def test_schema_lifecycle(empty_database_url):
     status = cli("schema", "status", "--database-url", empty_database_url)
     assert status.returncode == 1 and "pending  0001_credit_events" in status.stdout
     up = cli("schema", "upgrade", "--database-url", empty_database_url)
-    assert up.returncode == 0 and "applied 3 migration(s)" in up.stdout
+    assert up.returncode == 0 and "applied 4 migration(s)" in up.stdout
     assert cli("schema", "status", env={"DATABASE_URL": empty_database_url}).returncode == 0
     assert_one_line_error(cli("schema", "downgrade", "--database-url", empty_database_url), 2, "--yes")
     down = cli("schema", "downgrade", "--yes", "--database-url", empty_database_url)
-    assert down.returncode == 0 and "rolled back 3" in down.stdout
+    assert down.returncode == 0 and "rolled back 4" in down.stdout
     stats = cli("stats", "--backend", "postgres", "--database-url", empty_database_url)
     assert_one_line_error(stats, 1, "eventstore schema upgrade")
 
