@@ -147,6 +147,8 @@ async def stagger(followers: list[Follower], tasks: list[asyncio.Task[None]], jo
     """Start subscribers 1..count-1 spread over the run, each from what subscriber 0 has seen."""
     for k in range(1, count):
         await asyncio.sleep(max(0.0, go + k * seconds / count - time.time()))
+        while followers[0].last == 0 and time.time() < go + seconds:  # join after something, to catch up
+            await asyncio.sleep(0.01)
         follower = Follower(f"subscriber {k}", followers[0].last)
         followers.append(follower)
         tasks.append(asyncio.create_task(follower.run(journal)))
