@@ -68,6 +68,18 @@ class ImportResult:
         }
 
 
+def _check_entity_version(event: EventEnvelope) -> None:
+    """A line's own ``entity_version`` is inserted as is: one the table's constraints (or its INTEGER
+    column) would refuse makes the line corrupt, instead of failing the whole batch."""
+    version = event.entity_version
+    if version is None:
+        return
+    if event.entity_id is None:
+        raise InvalidEventError("entity_version", f"is {version} but the event has no entity_id")
+    if not 1 <= version <= 2**31 - 1:
+        raise InvalidEventError("entity_version", f"must be between 1 and {2**31 - 1}, got {version}")
+
+
 class JournalFileReader:
     """Stream a JSONL journal the way :class:`FileEventJournal` reads it: the same legacy
     completion (``FileEventJournal._complete``), the same rule that a line repeating an earlier
@@ -121,6 +133,7 @@ class JournalFileReader:
                 versions[event.entity_id] = event.entity_version
             try:
                 event, payload_json = validate_event(event, self.max_payload_bytes)
+                _check_entity_version(event)
             except InvalidEventError as exc:
                 self._bad(number, str(exc))
                 continue
