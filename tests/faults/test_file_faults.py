@@ -5,6 +5,8 @@ subscribers. Figures go to stdout (``pytest -s``) and to a JSON file in the test
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import random
@@ -12,17 +14,20 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from eventstore import FileEventJournal
+import eventstore.file
+from eventstore import EventEnvelope, FileEventJournal, JournalWriteError
 
-from ..helpers import event, unstamped
+from ..helpers import event, read_all, unstamped
 
 HERE = Path(__file__).resolve().parent
 WRITER = HERE / "file_writer.py"
@@ -197,3 +202,176 @@ def test_sigkilled_writer_soak(tmp_path: Path) -> None:
     stats = kill_rounds(tmp_path, rounds=120, seed=int(time.time()))
     report(tmp_path, "sigkill-soak", asdict(stats))
     assert stats.rounds == 120 and stats.torn_tails >= 10, stats
+
+
+# -- full disk --------------------------------------------------------------------------------
+
+
+class QuotaOs:
+    """Stands in for ``os`` inside eventstore.file when no tmpfs can be mounted: writes to the
+    journal stop at ``quota`` bytes of file size with ENOSPC, like a full disk (a short write first)."""
+
+    def __init__(self, quota: int) -> None:
+        self.quota = quota
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        room = self.quota - os.fstat(fd).st_size
+        if room <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return os.write(fd, bytes(data[:room]))
+
+
+@contextlib.contextmanager
+def small_disk(
+    folder: Path, size: int, monkeypatch: pytest.MonkeyPatch, *, inject: bool
+) -> Iterator[Callable[[], None]]:
+    """A real ``size``-byte tmpfs at ``folder`` (as root), or with ``inject`` (or when mounting
+    fails) an injected quota; yields a function that frees a quarter of the space again."""
+    folder.mkdir()
+    mounted = not inject and os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, check=False
+    ).returncode == 0
+    try:
+        filler = folder / "filler"
+        if mounted:
+            filler.write_bytes(b"\0" * (size // 4))  # freed later, to make room again
+
+            def free() -> None:
+                filler.unlink()
+        else:
+            quota = QuotaOs(size - size // 4)
+            monkeypatch.setattr(eventstore.file, "os", quota)
+
+            def free() -> None:
+                quota.quota += size // 4
+        yield free
+    finally:
+        monkeypatch.undo()
+        if mounted and subprocess.run(["umount", str(folder)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "injected"])
+async def test_full_disk_refuses_appends_cleanly_and_recovers_when_space_is_freed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk: str
+) -> None:
+    folder = tmp_path / "disk"
+    with small_disk(folder, 4 << 20, monkeypatch, inject=disk == "injected") as free:
+        if disk == "tmpfs" and os.geteuid() == 0:
+            assert os.path.ismount(folder), "as root the test mounts a real tmpfs"
+        path = folder / "credits.jsonl"
+        acknowledged: list[EventEnvelope] = []
+        async with FileEventJournal(path) as journal:
+            with pytest.raises(JournalWriteError) as failure:
+                for i in range(10_000):
+                    e = event(payload={"i": i, "blob": "x" * 50_000}, entity_id=f"acct-{i % 3}")
+                    size_before = path.stat().st_size
+                    assert await journal.append_event(e) is True
+                    acknowledged.append(e)
+            assert failure.value.errno == errno.ENOSPC
+            assert "No space left on device" in str(failure.value) and str(path) in str(failure.value)
+            assert "nothing of this append was stored" in str(failure.value)
+            assert path.stat().st_size == size_before, "the part of the line that fit was cut off again"
+            assert len(acknowledged) > 10
+            # A group commit on the full disk: every append of it fails, none is stored.
+            group = [event(payload={"blob": "y" * 50_000}, entity_id="acct-0") for _ in range(12)]
+            results = await asyncio.gather(
+                *(journal.append_event(e) for e in group[:8]), journal.append_events(group[8:]), return_exceptions=True
+            )
+            assert all(isinstance(r, JournalWriteError) and r.errno == errno.ENOSPC for r in results), results
+            assert path.stat().st_size == size_before
+            # Readable, strictly: everything acknowledged, identical, and not one partial line.
+            stored = [e async for e in journal.read_events(skip_corrupted=False)]
+            assert [unstamped(e) for e in stored] == acknowledged
+            assert [e.position for e in stored] == list(range(1, len(acknowledged) + 1))
+            assert path.read_bytes().endswith(b"\n")
+            free()
+            # The same journal carries on, numbering after the last stored event; a failed append may be retried.
+            versions = Counter(e.entity_id for e in acknowledged)
+            assert await journal.append_event(group[0], expected_version=versions["acct-0"]) is True
+            assert await journal.append_events(group[8:]) == [True] * 4
+        async with FileEventJournal(path) as reopened:
+            assert reopened.torn_tail_path is None
+            stored = [e async for e in reopened.read_events(skip_corrupted=False)]
+            assert [unstamped(e) for e in stored] == acknowledged + [group[0], *group[8:]]
+            assert [e.entity_version for e in stored if e.entity_id == "acct-0"] == list(range(1, versions["acct-0"] + 6))
+            assert await reopened.append_event(event(entity_id="acct-1"), expected_version=versions["acct-1"]) is True
+
+
+class DiskFillsMidWrite:
+    """``os`` for eventstore.file whose next journal write() stores half its bytes, and the one
+    after that blocks until ``release`` and then fails with ENOSPC."""
+
+    def __init__(self) -> None:
+        self.in_write = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            return os.write(fd, bytes(data[: len(data) // 2]))
+        self.in_write.set()
+        self.release.wait(60)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_enospc_in_the_middle_of_a_group_commit_fails_every_append_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "credits.jsonl"
+    async with FileEventJournal(path) as journal:
+        before = [event(entity_id=f"acct-{i % 3}") for i in range(10)]
+        assert await journal.append_events(before) == [True] * 10
+        size = path.stat().st_size
+        delivered: list[EventEnvelope] = []
+
+        async def follow() -> None:
+            async for e in journal.subscribe():
+                delivered.append(e)
+
+        follower = asyncio.create_task(follow())
+        disk = DiskFillsMidWrite()
+        monkeypatch.setattr(eventstore.file, "os", disk)
+        first = [event(entity_id=f"acct-{i % 3}") for i in range(50)]
+        batch = [event(entity_id="acct-1") for _ in range(5)]
+        wave1 = [asyncio.ensure_future(journal.append_event(e)) for e in first]
+        wave1.append(asyncio.ensure_future(journal.append_events(batch)))
+        assert await asyncio.to_thread(disk.in_write.wait, 60), "the group's write never started"
+        # Appends staged while the failing write is in flight were numbered on top of it: they fail too.
+        second = [event(entity_id=f"acct-{i % 3}") for i in range(20)]
+        wave2 = [asyncio.ensure_future(journal.append_event(e, expected_version=None)) for e in second]
+        for _ in range(1000):
+            if len(journal._pending_lines) == len(second):
+                break
+            await asyncio.sleep(0)
+        assert len(journal._pending_lines) == len(second)
+        disk.release.set()
+        results = await asyncio.gather(*wave1, *wave2, return_exceptions=True)
+        monkeypatch.undo()
+        assert len(results) == 71
+        assert all(isinstance(r, JournalWriteError) and r.errno == errno.ENOSPC for r in results), results
+        assert path.stat().st_size == size, "half a group commit was left in the file"
+        assert [unstamped(e) async for e in journal.read_events(skip_corrupted=False)] == before
+        # Nothing of the failed appends counts: versions, positions and keys are as before them.
+        assert await journal.append_event(first[0], expected_version=4) is True  # acct-0: events 0, 3, 6, 9
+        assert await journal.append_events(batch, expected_versions={"acct-1": 3}) == [True] * 5
+        stored = await read_all(journal)
+        assert [e.position for e in stored] == list(range(1, 17))
+        assert [e.entity_version for e in stored[10:]] == [5, 4, 5, 6, 7, 8]
+        for _ in range(600):
+            if len(delivered) >= 16:
+                break
+            await asyncio.sleep(0.05)
+        follower.cancel()
+        assert [e.position for e in delivered] == list(range(1, 17)), "the subscriber saw a failed append"
+        assert [e.idempotency_key for e in delivered] == [e.idempotency_key for e in stored]
+    async with FileEventJournal(path) as reopened:
+        assert reopened.torn_tail_path is None
+        assert await read_all(reopened) == stored
