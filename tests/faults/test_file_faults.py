@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import random
@@ -375,3 +376,110 @@ async def test_enospc_in_the_middle_of_a_group_commit_fails_every_append_of_it(
     async with FileEventJournal(path) as reopened:
         assert reopened.torn_tail_path is None
         assert await read_all(reopened) == stored
+
+
+# -- load -------------------------------------------------------------------------------------
+
+FOLLOWER = HERE / "file_follower.py"
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": None, "p99": None, "p999": None, "max": None}
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50": pick(0.5), "p99": pick(0.99), "p999": pick(0.999), "max": pick(1.0)}
+
+
+async def file_load(tmp_path: Path, tasks: int, seconds: float) -> dict[str, Any]:
+    """``tasks`` coroutines append for ``seconds`` to one journal, a subscriber in this process and
+    one in another process follow live; afterwards everything acknowledged is checked."""
+    path = tmp_path / "credits.jsonl"
+    stop = tmp_path / "follower.stop"
+    rng = random.Random(7)
+    started: dict[str, float] = {}
+    latencies: list[float] = []
+    acked: list[str] = []
+    delivered: list[tuple[int, str, float]] = []
+    async with FileEventJournal(path) as journal:
+        follower = subprocess.Popen([sys.executable, str(FOLLOWER), str(path), str(stop)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        try:
+            assert follower.stdout is not None
+            ready, _, _ = await asyncio.to_thread(select.select, [follower.stdout], [], [], 120)
+            assert ready and follower.stdout.readline().strip() == "ready", follower.stderr
+            subscriber_ready = asyncio.Event()
+
+            async def subscriber() -> None:
+                subscriber_ready.set()
+                async for e in journal.subscribe():
+                    delivered.append((e.position or 0, e.idempotency_key, time.perf_counter()))
+
+            subscription = asyncio.create_task(subscriber())
+            await subscriber_ready.wait()
+
+            async def appender(number: int) -> None:
+                count = 0
+                while time.perf_counter() < deadline:
+                    count += 1
+                    e = event(payload={"task": number, "n": count, "note": "x" * rng.randint(10, 400)},
+                              entity_id=f"acct-{rng.randrange(tasks * 2)}", idempotency_key=f"t{number}-{count}")
+                    began = started[e.idempotency_key] = time.perf_counter()
+                    assert await journal.append_event(e) is True
+                    latencies.append(time.perf_counter() - began)
+                    acked.append(e.idempotency_key)
+
+            began = time.perf_counter()
+            deadline = began + seconds
+            await asyncio.gather(*(appender(i) for i in range(tasks)))
+            elapsed = time.perf_counter() - began
+            fsyncs = journal.get_metrics()["fsyncs"]
+            for _ in range(1200):  # the subscriber catches up (generous: the machine is shared)
+                if len(delivered) >= len(acked):
+                    break
+                await asyncio.sleep(0.05)
+            subscription.cancel()
+            stop.write_text(str(len(acked)))
+            out, err = await asyncio.to_thread(follower.communicate, timeout=180)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait()
+        assert follower.returncode == 0, err
+        remote = json.loads(out.strip().splitlines()[-1])
+        stored = [e async for e in journal.read_events(skip_corrupted=False)]
+    # Every acknowledged event stored once, in one gap-free order, with per-entity versions 1..n.
+    keys = [e.idempotency_key for e in stored]
+    assert sorted(keys) == sorted(acked) and len(set(keys)) == len(keys)
+    assert [e.position for e in stored] == list(range(1, len(stored) + 1))
+    versions: Counter[str] = Counter()
+    for e in stored:
+        assert e.entity_id is not None
+        versions[e.entity_id] += 1
+        assert e.entity_version == versions[e.entity_id]
+    # The live subscriber saw every event exactly once, in position order; so did the other process.
+    assert [(p, k) for p, k, _ in delivered] == [(e.position, e.idempotency_key) for e in stored]
+    assert remote["count"] == len(stored) and remote["in_order"] and remote["last"] == len(stored), remote
+    assert remote["keys_sha256"] == hashlib.sha256("".join(k + "\n" for k in keys).encode()).hexdigest()
+    return {
+        "tasks": tasks, "seconds": round(elapsed, 2), "appends": len(acked),
+        "appends_per_s": round(len(acked) / elapsed), "fsyncs": fsyncs,
+        "events_per_fsync": round(len(acked) / max(fsyncs, 1), 1),
+        "append_latency_ms": percentiles(latencies),
+        "subscriber_lag_ms": percentiles([at - started[key] for _, key, at in delivered]),
+        "other_process_lag_ms": remote["lag_ms"],
+    }
+
+
+async def test_file_load_with_live_subscribers(tmp_path: Path) -> None:
+    figures = await file_load(tmp_path, tasks=16, seconds=4)
+    report(tmp_path, "file-load", figures)
+
+
+@pytest.mark.long
+async def test_file_load_soak(tmp_path: Path) -> None:
+    figures = await file_load(tmp_path, tasks=64, seconds=60)
+    report(tmp_path, "file-load-soak", figures)
