@@ -116,9 +116,10 @@ def peer_threads(db: str, writers: int, n: int, tag: str) -> float | None:
 
 
 async def _process_writer(db: str, k: int, writers: int, n: int, rounds: int, barrier: Any, results: Any) -> None:
-    """One writer process: per round, the journal then the bare INSERT, each started at the barrier."""
+    """One writer process: per round, the journal and the bare INSERT (alternating which goes first), each
+    started at the barrier."""
     for r in range(rounds):
-        for variant in ("pg_proc", "pg_bare_proc"):
+        for variant in ("pg_proc", "pg_bare_proc")[:: 1 if r % 2 == 0 else -1]:  # which goes first alternates
             events = make_events(n // writers + 5, entities=1, prefix=f"p{writers}r{r}{variant}{k}")
             if variant == "pg_proc":
                 journal = PostgresEventJournal(url(db), pool_size=1, max_overflow=0)
