@@ -4,8 +4,8 @@ killed (or, given a stop file, until that file exists; then it closes the journa
     python file_writer.py JOURNAL ACKS SEED MODE [STOP_FILE]
 
 MODE: ``mix`` (single appends, concurrent appends sharing a group commit, ``append_events``
-batches, now and then a batch of large events), ``big`` (only batches of large events: writes of
-megabytes, so a kill lands mid-write) or ``small`` (no large events).
+batches, now and then a batch of 20-80 kB events), ``big`` (only batches of 100-300 kB events:
+writes of megabytes, so a kill can land mid-write) or ``small`` (only small events).
 
 Prints ``ready`` on stdout once the journal is open. The ACKS file gets, with one ``write()``
 each (no buffering: what was written survives a SIGKILL of this process):
@@ -80,7 +80,10 @@ class Writer:
         await asyncio.gather(*tasks)
 
     async def big(self) -> None:
-        await self.batch(self.rng.randint(2, 6), self.rng.randint(100_000, 400_000))
+        await self.batch(self.rng.randint(3, 8), self.rng.randint(100_000, 300_000))
+
+    async def medium(self) -> None:
+        await self.batch(self.rng.randint(2, 4), self.rng.randint(20_000, 80_000))
 
 
 async def main(path: str, ack_path: str, seed: str, mode: str, stop_path: str | None) -> None:
@@ -95,7 +98,7 @@ async def main(path: str, ack_path: str, seed: str, mode: str, stop_path: str | 
     elif mode == "small":
         steps = [writer.single, writer.concurrent, lambda: writer.batch(rng.randint(2, 20))]
     else:
-        steps = [writer.single, writer.concurrent, lambda: writer.batch(rng.randint(2, 20))] * 4 + [writer.big]
+        steps = [writer.single, writer.concurrent, lambda: writer.batch(rng.randint(2, 20))] * 4 + [writer.medium]
     while stop_path is None or not os.path.exists(stop_path):
         await rng.choice(steps)()
     await journal.close()
