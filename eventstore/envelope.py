@@ -19,6 +19,9 @@ MAX_PAYLOAD_DEPTH = 256
 #: (int_max_str_digits), so the file backend could store what it cannot read back.
 MAX_INT_BITS = 3000
 _INT32_MAX = 2**31 - 1
+#: asyncpg sends exactly these two instants as -infinity/infinity (and reads those back naive), so an
+#: event stamped with one would fall outside every time range in PostgreSQL: both backends refuse them.
+_INFINITE_INSTANTS = (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
 
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
@@ -114,9 +117,9 @@ def _check_uuid(field: str, value: object, *, nullable: bool = False) -> None:
         raise InvalidEventError(field, f"must be a uuid.UUID, got {type(value).__name__}")
 
 
-def _check_payload_values(payload: dict[str, Any]) -> None:
+def _check_payload_values(payload: dict[str, Any], root: str = "payload") -> None:
     """Walk the payload once: JSON types only, finite numbers, no NUL, bounded depth."""
-    stack: list[tuple[Any, str, int]] = [(payload, "payload", 1)]
+    stack: list[tuple[Any, str, int]] = [(payload, root, 1)]
     while stack:
         value, where, depth = stack.pop()
         if isinstance(value, str):
@@ -131,7 +134,7 @@ def _check_payload_values(payload: dict[str, Any]) -> None:
                 raise InvalidEventError(where, f"{value!r} is not a JSON number (NaN and Infinity are refused)")
         elif isinstance(value, dict):
             if depth > MAX_PAYLOAD_DEPTH:
-                raise InvalidEventError("payload", f"nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+                raise InvalidEventError(root, f"nested deeper than {MAX_PAYLOAD_DEPTH} levels")
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise InvalidEventError(where, f"object key {key!r} is not a string")
@@ -139,7 +142,7 @@ def _check_payload_values(payload: dict[str, Any]) -> None:
                 stack.append((item, f"{where}.{key[:40]}", depth + 1))
         elif isinstance(value, list | tuple):
             if depth > MAX_PAYLOAD_DEPTH:
-                raise InvalidEventError("payload", f"nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+                raise InvalidEventError(root, f"nested deeper than {MAX_PAYLOAD_DEPTH} levels")
             for index, item in enumerate(value):
                 stack.append((item, f"{where}[{index}]", depth + 1))
         else:
@@ -184,10 +187,15 @@ def validate_event(event: object, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_B
         raise InvalidEventError(
             "payload", f"{len(payload_json)} bytes of JSON exceeds max_payload_bytes={max_payload_bytes}"
         )
+    utc = timestamp
     if timestamp.tzinfo is not UTC:
         try:
             utc = timestamp.astimezone(UTC)
         except OverflowError:
             raise InvalidEventError("timestamp", "is out of range once converted to UTC") from None
         event = msgspec.structs.replace(event, timestamp=utc)
+    if utc in _INFINITE_INSTANTS:
+        raise InvalidEventError(
+            "timestamp", f"{utc.isoformat()} is reserved: PostgreSQL's driver stores it as -infinity/infinity"
+        )
     return event, payload_json

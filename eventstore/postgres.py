@@ -27,7 +27,7 @@ from .errors import (
     PermissionDeniedError,
     SchemaNotReadyError,
 )
-from .reads import check_query, check_range
+from .reads import check_entity_filter, check_query, check_range
 from .schema import check_schema_name
 from .snapshots import check_snapshot_args, encode_state
 from .subscriptions import Notifier, pg_subscribe
@@ -452,6 +452,7 @@ class PostgresEventJournal(BaseEventJournal):
     async def read_entity(
         self, entity_id: str, *, since: datetime | None = None, until: datetime | None = None
     ) -> AsyncIterator[EventEnvelope]:
+        check_entity_filter(entity_id)
         check_range(since, until)
         ranged = since is not None or until is not None
         version, page_size = 0, self._page_size

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from .envelope import EventEnvelope
+from .envelope import EventEnvelope, _check_payload_values, _check_string_content
 from .errors import InvalidEventError
 
 
@@ -25,17 +25,29 @@ def check_range(since: datetime | None, until: datetime | None) -> None:
 def check_query(
     event_type: str | None, correlation_id: uuid.UUID | None, payload_contains: Any, after: int, limit: int | None
 ) -> None:
-    if event_type is not None and not isinstance(event_type, str):
-        raise InvalidEventError("event_type", f"must be a string, got {type(event_type).__name__}")
+    if event_type is not None:
+        if not isinstance(event_type, str):
+            raise InvalidEventError("event_type", f"must be a string, got {type(event_type).__name__}")
+        _check_string_content("event_type", event_type)  # NUL or a lone surrogate: PostgreSQL cannot take it
     if correlation_id is not None and not isinstance(correlation_id, uuid.UUID):
         raise InvalidEventError("correlation_id", f"must be a uuid.UUID, got {type(correlation_id).__name__}")
-    if payload_contains is not None and not isinstance(payload_contains, dict):
-        raise InvalidEventError("payload_contains", f"must be a JSON object (dict), got {type(payload_contains).__name__}")
+    if payload_contains is not None:
+        if not isinstance(payload_contains, dict):
+            raise InvalidEventError("payload_contains", f"must be a JSON object (dict), got {type(payload_contains).__name__}")
+        # The payload rules (JSON types, finite numbers, no NUL, bounded depth): the encoder would
+        # turn NaN into null and PostgreSQL refuses NUL, while a scan would just find nothing.
+        _check_payload_values(payload_contains, "payload_contains")
     for name, value in (("after", after), ("limit", limit)):
         if value is None and name == "limit":
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InvalidEventError(name, f"must be an integer >= 0, got {value!r}")
+
+
+def check_entity_filter(entity_id: object) -> None:
+    if not isinstance(entity_id, str):
+        raise InvalidEventError("entity_id", f"must be a string, got {type(entity_id).__name__}")
+    _check_string_content("entity_id", entity_id)
 
 
 def in_range(timestamp: datetime, since: datetime | None, until: datetime | None) -> bool:
@@ -129,6 +141,7 @@ class ScanQueries:
     async def read_entity(
         self, entity_id: str, *, since: datetime | None = None, until: datetime | None = None
     ) -> AsyncIterator[EventEnvelope]:
+        check_entity_filter(entity_id)
         check_range(since, until)
         async for event in self.read_events():  # a scan: positions order an entity's versions
             if event.entity_id == entity_id and in_range(event.timestamp, since, until):

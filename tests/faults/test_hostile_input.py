@@ -175,6 +175,10 @@ def _bad_payload(payload: object) -> bool:
     return len(ENCODER.encode(payload)) > FUZZ_MAX_BYTES
 
 
+#: What asyncpg would store as -infinity/infinity (see eventstore.envelope).
+RESERVED_INSTANTS = (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
+
+
 def violations(e: EventEnvelope) -> set[str]:
     """Which fields break a rule of CONTRACT.md's Envelope section."""
     bad = set()
@@ -190,7 +194,8 @@ def violations(e: EventEnvelope) -> set[str]:
         bad.add("timestamp")
     else:
         try:
-            e.timestamp.astimezone(UTC)
+            if e.timestamp.astimezone(UTC) in RESERVED_INSTANTS:
+                bad.add("timestamp")
         except OverflowError:
             bad.add("timestamp")
     if _bad_payload(e.payload):
@@ -422,8 +427,14 @@ BOUNDARY_CASES = [
     ("schema_version True", {"schema_version": True}, "schema_version"),
     ("schema_version 2**31", {"schema_version": 2**31}, "schema_version"),
     ("schema_version 2**31 - 1", {"schema_version": 2**31 - 1}, None),
-    ("timestamp 0001-01-01T00:00Z", {"timestamp": datetime.min.replace(tzinfo=UTC)}, None),
-    ("timestamp 9999-12-31T23:59:59.999999Z", {"timestamp": datetime.max.replace(tzinfo=UTC)}, None),
+    # asyncpg stores exactly these two instants as -infinity/infinity: refused (found by the property).
+    ("timestamp 0001-01-01T00:00Z", {"timestamp": datetime.min.replace(tzinfo=UTC)}, "timestamp"),
+    ("timestamp 9999-12-31T23:59:59.999999Z", {"timestamp": datetime.max.replace(tzinfo=UTC)}, "timestamp"),
+    ("timestamp 9999-12-31T23:59:59.999999Z at +01:00",
+     {"timestamp": datetime.max.replace(tzinfo=timezone(timedelta(hours=1)))}, None),
+    ("timestamp 0001-01-01T00:00:00.000001Z", {"timestamp": datetime(1, 1, 1, 0, 0, 0, 1, tzinfo=UTC)}, None),
+    ("timestamp 0001-01-01T00:00Z as 01:00+01:00",
+     {"timestamp": datetime(1, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))}, "timestamp"),
     ("timestamp before year 1 in UTC", {"timestamp": datetime.min.replace(tzinfo=timezone(timedelta(minutes=1)))},
      "timestamp"),
     ("timestamp naive", {"timestamp": datetime(2024, 1, 1)}, "timestamp"),
@@ -713,3 +724,177 @@ def test_import_cli_reports_garbage_lines_without_a_traceback(tmp_path: Path, da
         assert re.search(r"insert(ed)? 3, already present 0, corrupt 5", done.stdout), done.stdout
         for number in (2, 3, 5, 6, 8):
             assert f"corrupt line {number}:" in done.stdout
+
+
+# -- 3. SQL-looking text is bound, never formatted ------------------------------------------------
+
+SQL_TEXT = [
+    "'; DROP TABLE credit_events; --",
+    "'); DELETE FROM credit_events; --",
+    "' OR '1'='1",
+    "\" OR \"\"=\"",
+    "$1", "$2::text", "$$", "$$; DROP TABLE credit_snapshots; $$", "$tag$ x $tag$",
+    ":name", ":event_type", "%s", "%(name)s", "%%", "{0}", "{event_type}",
+    "\\", "\\\\'", "\\'; --", "E'\\x00'", "E'\\\\x27'", "U&'\\0000'", "\\u0000", "\\x00",
+    "/* comment */", "-- comment", ";", "credit_events", "1; SELECT pg_sleep(0)",
+    "' UNION SELECT * FROM credit_events --", "%' OR 1=1 --", "_%", "*", "?", "@>", "::jsonb",
+    "'||(SELECT version())||'", "\r\n\t", "\u2028'; --", "ʼ OR 1=1 --", "' AND 1=(SELECT 1/0) --",
+]
+
+
+@pytest.mark.parametrize("text", SQL_TEXT)
+async def test_sql_looking_text_is_stored_verbatim_everywhere(open_journal: Any, text: str) -> None:
+    journal = await open_journal()
+    canary = EventEnvelope.new("canary", {"alive": True}, actor_id="tester", entity_id="canary")
+    assert await journal.append_event(canary) is True
+    hostile = [
+        EventEnvelope.new(text[:50], {text: text, "list": [text], "nested": {text: {"v": text}}}, actor_id=text[:100],
+                          entity_id=text, idempotency_key=f"{text}#{i}")
+        for i in range(2)
+    ]
+    assert await journal.append_event(hostile[0], expected_version=0) is True
+    assert await journal.append_events([hostile[1]], expected_versions={text: 1}) == [True]
+    assert await journal.append_event(hostile[0]) is False  # its key is found again, verbatim
+
+    def plain(events: list[EventEnvelope]) -> list[EventEnvelope]:
+        return [msgspec.structs.replace(e, position=None, entity_version=None) for e in events]
+
+    everything = [e async for e in journal.read_events()]
+    assert plain(everything) == [canary, *hostile]
+    assert plain([e async for e in journal.read_entity(text)]) == hostile
+    assert plain([e async for e in journal.query_events(event_type=text[:50])]) == hostile
+    assert plain([e async for e in journal.query_events(payload_contains={text: text})]) == hostile
+    assert plain([e async for e in journal.query_events(payload_contains={"nested": {text: {"v": text}}})]) == hostile
+    assert plain([e async for e in journal.query_events(payload_contains={"list": [text]}, event_type=text[:50],
+                                                        correlation_id=hostile[1].correlation_id)]) == hostile[1:]
+    assert [e async for e in journal.query_events(payload_contains={text: text + "x"})] == []
+    assert [e async for e in journal.read_entity(text + "'")] == []
+
+    await journal.save_snapshot(text[:200], 2, {text: [text]})
+    snapshot = await journal.load_snapshot(text[:200])
+    assert snapshot is not None and (snapshot.name, snapshot.position, snapshot.state) == (text[:200], 2, {text: [text]})
+    assert await journal.load_snapshot(text[:199] + "'") is None or len(text) < 200
+
+    # Nothing else was touched: the canary and the count, also through a fresh journal.
+    assert [e async for e in journal.read_entity("canary")] == everything[:1]
+    await journal.close()
+    reopened = await open_journal()
+    assert [e async for e in reopened.read_events()] == everything
+    assert reopened.get_metrics()["total_events"] == 3
+    assert (await reopened.load_snapshot(text[:200])).state == {text: [text]}  # type: ignore[union-attr]
+
+
+async def test_sql_looking_text_leaves_the_tables_intact(database_url: str) -> None:
+    """All of SQL_TEXT through one PostgreSQL journal, then the catalog and the rows checked directly."""
+    async with PostgresEventJournal(database_url, pool_size=2) as journal:
+        canary = EventEnvelope.new("canary", {"alive": True}, actor_id="tester", entity_id="canary")
+        await journal.append_event(canary)
+        for i, text in enumerate(SQL_TEXT):
+            e = EventEnvelope.new(text[:50], {text: i}, actor_id=text[:100], entity_id=text, idempotency_key=text)
+            assert await journal.append_event(e) is True
+            await journal.save_snapshot(text[:200], i + 1, {"s": text})
+            assert [x async for x in journal.query_events(event_type=text[:50], payload_contains={text: i})][-1] \
+                .idempotency_key == text
+    conn = await asyncpg.connect(database_url)
+    try:
+        tables = {r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"credit_events", "credit_snapshots", "_yoyo_migration"} <= tables
+        assert await conn.fetchval("SELECT count(*) FROM credit_events") == len(SQL_TEXT) + 1
+        assert await conn.fetchval("SELECT count(*) FROM credit_snapshots") == len(set(t[:200] for t in SQL_TEXT))
+        keys = [r[0] for r in await conn.fetch("SELECT idempotency_key FROM credit_events ORDER BY id")]
+        assert keys == [canary.idempotency_key, *SQL_TEXT]
+        row = await conn.fetchrow("SELECT event_type, payload::text FROM credit_events WHERE entity_id = 'canary'")
+        assert tuple(row) == ("canary", '{"alive": true}')
+    finally:
+        await conn.close()
+
+
+HOSTILE_FILTERS = [
+    ("event_type with NUL", {"event_type": "a\x00b"}),
+    ("event_type with a lone surrogate", {"event_type": "a\ud800"}),
+    ("payload_contains value with NUL", {"payload_contains": {"k": "a\x00"}}),
+    ("payload_contains key with NUL", {"payload_contains": {"k\x00": 1}}),
+    ("payload_contains with a lone surrogate", {"payload_contains": {"k": "\udfff"}}),
+    ("payload_contains NaN", {"payload_contains": {"k": float("nan")}}),
+    ("payload_contains Infinity", {"payload_contains": {"k": float("inf")}}),
+    ("payload_contains a set", {"payload_contains": {"k": {1}}}),
+    ("payload_contains too deep", {"payload_contains": {"d": __import__("functools").reduce(lambda v, _: [v],
+                                                                                            range(300), [])}}),
+]
+
+
+@pytest.mark.parametrize("what,filters", HOSTILE_FILTERS, ids=[f[0] for f in HOSTILE_FILTERS])
+def test_hostile_filters_same_answer_in_both_backends(stores: Stores, what: str, filters: dict[str, Any]) -> None:
+    """A filter no stored event can match (a NUL, a lone surrogate, NaN): both backends give the
+    same answer, an empty result or the same InvalidEventError, never a driver error."""
+
+    async def ask(journal: Any) -> Any:
+        try:
+            return [e async for e in journal.query_events(**filters)]
+        except InvalidEventError as exc:
+            return str(exc)
+
+    async def check() -> None:
+        await stores.file.append_event(EventEnvelope.new("x", {"k": None}, actor_id="tester", idempotency_key="f1"))
+        await stores.pg.append_event(EventEnvelope.new("x", {"k": None}, actor_id="tester", idempotency_key="f1"))
+        answers = [await ask(journal) for _, journal in stores.journals()]
+        assert answers[0] == answers[1]
+
+    stores.run(check())
+
+
+@pytest.mark.parametrize("entity_id", ["a\x00b", "\ud800", "x" * 300])
+def test_hostile_entity_filter_same_answer_in_both_backends(stores: Stores, entity_id: str) -> None:
+    async def ask(journal: Any) -> Any:
+        try:
+            return [e async for e in journal.read_entity(entity_id)]
+        except InvalidEventError as exc:
+            return str(exc)
+
+    async def check() -> None:
+        answers = [await ask(journal) for _, journal in stores.journals()]
+        assert answers[0] == answers[1]
+
+    stores.run(check())
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "\ud800", "", "n" * 201, "../../etc/passwd", "con", ".", "a/b\\c"])
+def test_hostile_snapshot_names_same_answer_in_both_backends(stores: Stores, name: str) -> None:
+    async def ask(journal: Any) -> Any:
+        try:
+            await journal.save_snapshot(name, 1, {"s": name})
+            loaded = await journal.load_snapshot(name)
+            return None if loaded is None else (loaded.name, loaded.position, loaded.state)
+        except InvalidEventError as exc:
+            return str(exc)
+
+    async def check() -> None:
+        answers = [await ask(journal) for _, journal in stores.journals()]
+        assert answers[0] == answers[1]
+        if not isinstance(answers[0], str):
+            assert answers[0] == (name, 1, {"s": name})
+            assert not (stores.path.parent.parent / "etc").exists()
+
+    stores.run(check())
+
+
+def test_sql_files_use_only_bound_parameters() -> None:
+    """Every query in sql/*.sql takes its values as aiosql :name parameters (bound as $n by asyncpg):
+    no Python formatting markers, no quoted placeholders."""
+    sql_dir = REPO / "sql"
+    files = sorted(sql_dir.glob("*.sql"))
+    assert files
+    for path in files:
+        body = "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("--"))
+        assert not re.search(r"%\(?\w*\)?s|\{\w*\}|\$\d", body), path
+        for literal in re.findall(r"'[^'\n]*'", body):
+            assert not re.search(r"(?<!:):[A-Za-z_]", literal), f"{path}: {literal} (a :param in a literal is not bound)"
+    from eventstore.postgres import QUERIES
+
+    for name in QUERIES.available_queries:
+        query = getattr(QUERIES, name)
+        if not hasattr(query, "sql") or name.endswith("_cursor"):  # aiosql's cursor variants repeat a query
+            continue
+        compiled = re.sub(r"'[^']*'", "''", query.sql).replace("::", "")  # literals and casts out
+        assert not re.search(r":[A-Za-z_]", compiled), f"{name}: a parameter left unbound: {query.sql}"
+        assert len(set(re.findall(r"\$(\d+)", compiled))) == len(query.parameters or ()), name
