@@ -163,6 +163,10 @@ class PostgresEventJournal(BaseEventJournal):
         # One pool connection always stays free for reads and subscriptions.
         self._lane: list[asyncpg.Connection] = []
         self._lane_cap = min(pool_size, pool_size + max_overflow - 1)
+        # Connections the lane holds: idle in _lane plus those popped by appends in flight. The cap
+        # applies to this count, so appends beyond it go through the pool's fair queue instead of
+        # starving there while lane connections circulate among the other appenders.
+        self._lane_held = 0
         self._total_events = 0
         self._appended = 0
         self._duplicates = 0
@@ -240,6 +244,7 @@ class PostgresEventJournal(BaseEventJournal):
         if pool is not None:
             await self._notifier.close()
             lane, self._lane = self._lane, []
+            self._lane_held = 0
             for conn in lane:
                 try:
                     await pool.release(conn)
@@ -288,6 +293,7 @@ class PostgresEventJournal(BaseEventJournal):
         """Run an append statement on a lane connection (or a pooled one when the lane is empty)."""
         pool = self._require_pool()
         conn = self._lane_pop()
+        from_lane = conn is not None
         if conn is None:
             try:
                 conn = await pool.acquire()
@@ -306,29 +312,35 @@ class PostgresEventJournal(BaseEventJournal):
             outcome = "ok"  # a refused statement in autocommit leaves the session clean
             raise
         finally:
-            if outcome == "broken":
-                _terminate(conn)  # hands its slot back to the pool
-            elif outcome == "ok" and len(self._lane) < self._lane_cap and not conn.is_closed():
+            keep = outcome == "ok" and _is_open(conn) and (from_lane or self._lane_held < self._lane_cap)
+            if keep:
+                if not from_lane:
+                    self._lane_held += 1
                 self._lane.append(conn)
             else:
-                await pool.release(conn)  # cancelled mid-statement: the pool cleans up
+                if from_lane:
+                    self._lane_held -= 1
+                if outcome == "broken":
+                    _terminate(conn)  # hands its slot back to the pool
+                else:
+                    await pool.release(conn)  # cancelled mid-statement: the pool cleans up
 
     async def _drop_connections(self) -> None:
         """After a lost server: replace every connection rather than fail once per connection."""
         pool = self._require_pool()
         await pool.expire_connections()  # pooled ones reconnect on their next acquire
         lane, self._lane = self._lane, []
+        self._lane_held -= len(lane)
         for conn in lane:
             _terminate(conn)
 
     def _lane_pop(self) -> asyncpg.Connection | None:
         while self._lane:
             conn = self._lane.pop()
-            try:
-                if not conn.is_closed():
-                    return conn
-            except asyncpg.InterfaceError:
-                pass  # the server closed it and the pool already took its slot back
+            if _is_open(conn):
+                return conn
+            self._lane_held -= 1
+            _terminate(conn)  # hands its slot back unless the pool already took it
         return None
 
     # -- appends ---------------------------------------------------------------------------
@@ -543,6 +555,13 @@ class PostgresEventJournal(BaseEventJournal):
             "database": self._url.where,
             "schema": self.schema,
         }
+
+
+def _is_open(conn: asyncpg.Connection) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False  # the server closed it and the pool already took its slot back
 
 
 def _terminate(conn: asyncpg.Connection) -> None:
