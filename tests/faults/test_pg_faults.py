@@ -14,6 +14,7 @@ import inspect
 import itertools
 import os
 import random
+import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -129,7 +130,7 @@ async def admin_fetchval(url: str, sql: str, *args: object) -> object:
         await conn.close()
 
 
-async def wait_until(predicate, what: str, bound: float = GUARD, step: float = 0.02, watch=()) -> None:
+async def wait_until(predicate, what, bound: float = GUARD, step: float = 0.02, watch=()) -> None:
     """Poll ``predicate`` (sync or async); a task of ``watch`` that ended early fails the wait."""
     deadline = time.monotonic() + bound
     while True:
@@ -143,8 +144,23 @@ async def wait_until(predicate, what: str, bound: float = GUARD, step: float = 0
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            stuck = [f"{t.get_name()}: {awaiting(t)}" for t in watch if not t.done()]
+            what = what() if callable(what) else what
+            raise AssertionError(f"timed out waiting for {what}; tasks still running: {stuck}")
         await asyncio.sleep(step)
+
+
+def awaiting(task: asyncio.Task) -> str:
+    """Where a task waits: its chain of awaited coroutines (for a timeout's message)."""
+    where, coro = [], task.get_coro()
+    while coro is not None and len(where) < 20:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            where.append(repr(coro)[:80])
+            break
+        where.append(f"{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " > ".join(where)
 
 
 async def backend_pids(conn: asyncpg.Connection, application_name: str = "eventstore") -> list[int]:
@@ -387,3 +403,242 @@ async def test_append_killed_before_commit_is_rolled_back_and_the_retry_stores_i
         await admin.close()
     assert [unstamped(e) for e in stored[1:]] == events
     assert [e.entity_version for e in stored] == list(range(1, len(events) + 2))
+
+
+# -- 3. pg_terminate_backend storms under load ------------------------------------------------
+
+
+async def terminate_storm(url: str, rounds: int, writers: int = 16) -> dict:
+    """``writers`` tasks append through one journal (and a subscriber follows) while every
+    backend of the journal is terminated, ``rounds`` times. A round waits until every writer has
+    finished an append that started after the previous round, so an error is caused by the round
+    current when it is raised: no call may see two errors from one round (one error per call in
+    flight, the next call reconnects)."""
+    journal = PostgresEventJournal(url, pool_size=6, max_overflow=6, connect_timeout=10, statement_timeout=30)
+    await journal.initialize()
+    admin = await asyncpg.connect(url)
+    ops: list[Op] = []
+    received: list[EventEnvelope] = []
+    resumes: list[str] = []
+    started = 0  # rounds begun (an error is tagged with this)
+    completed = 0  # rounds whose terminations are done
+    fresh = [0] * writers  # per writer: the `completed` value when its last successful append began
+    stop = asyncio.Event()
+    killed: list[int] = []
+
+    async def write(worker: int) -> None:
+        rnd = random.Random(1000 + worker)
+        for n in itertools.count():
+            if stop.is_set():
+                return
+            op = random_op(rnd, worker, n)
+            ops.append(op)
+            began = completed
+            await op.run(journal, retry_delay=0, deadline=time.monotonic() + GUARD, tag=lambda: started)
+            fresh[worker] = began
+
+    try:
+        consumer = asyncio.create_task(follow(journal, received, resumes))
+        tasks = [asyncio.create_task(write(w)) for w in range(writers)]
+        watch = [consumer, *tasks]
+        await wait_until(lambda: len(ops) >= 200, "first appends", watch=watch)
+        for r in range(1, rounds + 1):
+            started = r
+            killed.append(await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'eventstore%'"
+            ))
+            completed = r
+            await wait_until(
+                lambda r=r: min(fresh) >= r,
+                lambda r=r: f"every writer to append after round {r} (per writer: {fresh}, {len(ops)} ops)",
+                watch=watch,
+            )
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), GUARD)
+        assert await journal.append_event(event(payload={"sentinel": True})) is True
+        await asyncio.wait_for(consumer, GUARD)
+        stored = await read_all(journal)
+        metrics = journal.get_metrics()
+    finally:
+        stop.set()
+        await admin.close()
+        await journal.close()
+
+    assert min(killed) >= 1
+    check_store(stored[:-1], ops)
+    check_delivery(received, stored)
+    answers = Counter(op.check_answer() for op in ops)
+    for op in ops:
+        assert all(tag >= 1 for tag in op.error_tags), f"an error without a termination: {op.errors}"
+        assert len(set(op.error_tags)) == len(op.error_tags), f"two errors from one round: {op.errors}"
+        for message in op.errors:
+            assert "127.0.0.1" in message and "password" not in message
+    errors = sum(len(op.errors) for op in ops)
+    assert errors >= 1, "no termination ever hit a call in flight"
+    assert metrics["appended"] == len(stored)
+    assert metrics["pool_size"] <= 12
+    return {"rounds": rounds, "backends_killed": sum(killed), "ops": len(ops), "events": len(stored),
+            "errors": errors, "errors_per_call": Counter(len(op.errors) for op in ops), "answers": answers,
+            "subscription_resumes": len(resumes)}
+
+
+async def test_terminate_backend_storm_under_load(database_url):
+    figures = await terminate_storm(database_url, rounds=12)
+    print(figures)
+
+
+@pytest.mark.long
+async def test_terminate_backend_storm_soak(database_url):
+    figures = await terminate_storm(database_url, rounds=80, writers=24)
+    print(figures)
+
+
+async def test_more_appenders_than_connections_all_progress_and_reads_get_a_connection(database_url):
+    """Regression (found by the storm test): the append lane kept every connection it ever
+    touched, so with 16 appenders on 3+3 connections some appends waited forever in the pool
+    queue, and so did reads."""
+    async with PostgresEventJournal(database_url, pool_size=3, max_overflow=3) as journal:
+        counts = [0] * 16
+        stop = asyncio.Event()
+
+        async def write(i: int) -> None:
+            while not stop.is_set():
+                assert await journal.append_event(event(payload={"w": i})) is True
+                counts[i] += 1
+
+        tasks = [asyncio.create_task(write(i)) for i in range(16)]
+        try:
+            await wait_until(lambda: min(counts) >= 5, lambda: f"every appender to progress: {counts}", watch=tasks)
+            # A read under full append load gets a connection (a liveness bound, not a speed one).
+            assert len(await asyncio.wait_for(read_all(journal), GUARD)) >= 80
+        finally:
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), GUARD)
+        assert journal.get_metrics()["append_lane"] <= 3
+
+
+# -- 4. a hung, locked or stopped server does not hang the service ---------------------------
+
+
+async def test_connect_to_a_server_that_never_answers_times_out():
+    """A TCP listener that accepts and never says a word: initialize() raises
+    DatabaseUnavailableError naming host:port after about connect_timeout, and lets go of
+    every socket it opened."""
+    open_sockets = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_sockets
+        open_sockets += 1
+        try:
+            await reader.read()  # until the client gives up and closes
+        finally:
+            open_sockets -= 1
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        journal = PostgresEventJournal(f"postgresql://postgres:s3cret@127.0.0.1:{port}/db", pool_size=2,
+                                       connect_timeout=1.0)
+        with pytest.raises(DatabaseUnavailableError) as info:
+            await asyncio.wait_for(journal.initialize(), GUARD)
+        assert f"127.0.0.1:{port}" in str(info.value) and "s3cret" not in str(info.value)
+        await wait_until(lambda: open_sockets == 0, "the client to close its sockets")
+        with pytest.raises(DatabaseUnavailableError):  # and again: nothing was left half-open
+            await asyncio.wait_for(journal.initialize(), GUARD)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_append_blocked_by_a_lock_fails_after_statement_timeout_then_works(database_url):
+    """Another session holds ACCESS EXCLUSIVE on credit_events: appends and reads give up after
+    statement_timeout with an error that says so, instead of waiting forever; once the lock is
+    gone the same journal works and the timed-out envelope is stored once."""
+    locker = await asyncpg.connect(database_url)
+    try:
+        async with PostgresEventJournal(database_url, pool_size=2, max_overflow=1, statement_timeout=1.0) as journal:
+            assert await journal.append_event(event()) is True
+            await locker.execute("BEGIN; LOCK TABLE credit_events IN ACCESS EXCLUSIVE MODE")
+            blocked = event(entity_id="acct-1")
+            with pytest.raises(DatabaseUnavailableError, match="statement timeout") as info:
+                await asyncio.wait_for(journal.append_event(blocked), GUARD)
+            assert "127.0.0.1" in str(info.value)
+            with pytest.raises(DatabaseUnavailableError, match="statement timeout"):
+                await asyncio.wait_for(journal.append_events([event(), event()]), GUARD)
+            with pytest.raises(DatabaseUnavailableError, match="statement timeout"):
+                await asyncio.wait_for(read_all(journal), GUARD)
+            await locker.execute("ROLLBACK")
+            assert await journal.append_event(blocked) is True  # the timed-out attempt was rolled back
+            assert await journal.append_event(blocked) is False
+            stored = await read_all(journal)
+    finally:
+        await locker.close()
+    assert [e.idempotency_key for e in stored].count(blocked.idempotency_key) == 1
+    assert len(stored) == 2
+
+
+async def test_a_stopped_backend_process_cannot_hang_an_append(cluster_url):
+    """The journal's server processes are frozen (SIGSTOP: the socket stays open, nothing
+    answers, the server-side statement_timeout cannot fire): the client-side bound
+    (statement_timeout + 5 s) ends the call with DatabaseUnavailableError, and the next append
+    runs on a fresh connection."""
+    async with PostgresEventJournal(cluster_url, pool_size=2, max_overflow=1, statement_timeout=1.0) as journal:
+        assert await journal.append_event(event()) is True
+        admin = await asyncpg.connect(cluster_url)
+        frozen = await backend_pids(admin)
+        await admin.close()
+        assert frozen
+        try:
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            hung = event()
+            with pytest.raises(DatabaseUnavailableError, match=r"127\.0\.0\.1:\d+"):
+                await asyncio.wait_for(journal.append_event(hung), GUARD)
+            # The pool replaced its connections: this append does not meet a frozen backend.
+            assert await asyncio.wait_for(journal.append_event(event()), GUARD) is True
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        assert await asyncio.wait_for(journal.append_event(hung), GUARD) is True  # never stored before
+        assert len(await read_all(journal)) == 3
+
+
+async def test_a_stopped_server_fails_promptly_then_the_same_journal_recovers(cluster, cluster_url):
+    """pg_ctl stop while the journal is open (with a live subscription): the next append, read
+    and the subscription raise DatabaseUnavailableError naming host:port within the liveness
+    bound; after pg_ctl start the same journal appends again and the subscription, resumed from
+    its last position, gets everything once."""
+    where = f"127.0.0.1:{cluster.port}"
+    journal = PostgresEventJournal(cluster_url, pool_size=2, max_overflow=1, connect_timeout=2.0)
+    await journal.initialize()
+    try:
+        for i in range(5):
+            assert await journal.append_event(event(payload={"i": i})) is True
+        subscription = journal.subscribe()
+        received = [await asyncio.wait_for(anext(subscription), GUARD) for _ in range(5)]
+        await asyncio.to_thread(cluster.stop, "fast")
+
+        stranded = event(payload={"i": 5})
+        for _attempt in range(3):  # every call fails cleanly while the server is down, none hangs
+            with pytest.raises(DatabaseUnavailableError, match=where):
+                await asyncio.wait_for(journal.append_event(stranded), GUARD)
+        with pytest.raises(DatabaseUnavailableError, match=where):
+            await asyncio.wait_for(journal.append_events([event(), event()]), GUARD)
+        with pytest.raises(DatabaseUnavailableError, match=where):
+            await asyncio.wait_for(read_all(journal), GUARD)
+        with pytest.raises(DatabaseUnavailableError, match=where):
+            await asyncio.wait_for(anext(subscription), GUARD)
+
+        await asyncio.to_thread(cluster.start)
+        assert await asyncio.wait_for(journal.append_event(stranded), GUARD) is True
+        assert await journal.append_event(event(payload={"i": 6})) is True
+        resumed = journal.subscribe(after=received[-1].position)
+        received += [await asyncio.wait_for(anext(resumed), GUARD) for _ in range(2)]
+        await resumed.aclose()
+        stored = await read_all(journal)
+    finally:
+        await journal.close()
+    assert [e.payload["i"] for e in stored] == list(range(7))
+    check_delivery(received, stored)
