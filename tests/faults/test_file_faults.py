@@ -46,7 +46,7 @@ class KillStats:
     acknowledged: int = 0  # over all journals
     stored: int = 0
     journal_acknowledged: int = 0  # in the current journal
-    batches_checked: int = 0
+    batch_checks: int = 0  # (announced batch, round) pairs found all-or-none
     largest_file_bytes: int = 0
     seconds: float = 0.0
     per_round: list[dict[str, Any]] = field(default_factory=list)
@@ -145,7 +145,7 @@ async def check_after_kill(path: Path, acks_path: Path, before: list[tuple[str, 
         for batch in batches:
             present = sum(key in counts for key in batch)
             assert present in (0, len(batch)), f"append_events batch stored in part: {present} of {len(batch)}"
-        stats.batches_checked += len(batches)
+        stats.batch_checks += len(batches)
         summary = [(e.idempotency_key, e.position, e.entity_id, e.entity_version) for e in events]  # type: ignore[misc]
         assert summary[: len(before)] == before, "a kill changed events stored before it"
         # The journal accepts appends after the kill, numbering after what is there.
