@@ -461,6 +461,16 @@ class PostgresEventJournal(BaseEventJournal):
         async with self._connection() as conn:
             return await conn.fetch(sql, *args)
 
+    async def _fetch_planned_for(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """A statement prepared for this call only, so PostgreSQL plans it for these values. A
+        cached statement switches to a generic plan after five runs, and a generic plan of a
+        query_events page cannot know a type is rare or a containment selective: on 1M rows it
+        walked the primary key for 1.5 s where the custom plan took 36 ms. The cost
+        is one extra round trip per page."""
+        async with self._connection() as conn:
+            statement = await conn.prepare(sql)
+            return await statement.fetch(*args)
+
     async def read_entity(
         self, entity_id: str, *, since: datetime | None = None, until: datetime | None = None
     ) -> AsyncIterator[EventEnvelope]:
@@ -504,10 +514,11 @@ class PostgresEventJournal(BaseEventJournal):
             sql, head, tail = _QUERY_SQL["time"], (since, until), ()
         else:
             sql, head, tail = _READ_PAGE_SQL, (), ()
+        fetch = self._fetch if sql is _READ_PAGE_SQL else self._fetch_planned_for
         position, remaining = after, limit
         while remaining is None or remaining > 0:
             page_size = self._page_size if remaining is None else min(self._page_size, remaining)
-            rows = await self._fetch(sql, *head, position, *tail, page_size)
+            rows = await fetch(sql, *head, position, *tail, page_size)
             for row in rows:
                 yield row_to_event(row)
             if len(rows) < page_size:

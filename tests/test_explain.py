@@ -99,3 +99,28 @@ async def test_every_read_query_uses_its_index(loaded):
             if index not in indexes or seq:
                 failures.append((mode, name, index, [(n["Node Type"], n.get("Index Name")) for n in nodes]))
     assert failures == [], "\n".join(map(str, failures))
+
+
+async def test_query_events_is_planned_for_its_values_every_time(loaded, database_url):
+    """A cached statement would run a generic plan from its sixth call on; query_events must not."""
+    from eventstore import PostgresEventJournal
+
+    async with PostgresEventJournal(database_url, pool_size=1, max_overflow=0) as journal:
+        calls = [
+            {"event_type": "credits.audited"},
+            {"payload_contains": {"tags": ["audit"]}},
+            {"correlation_id": correlation(4321)},
+            {"since": T0 + timedelta(hours=10), "until": T0 + timedelta(hours=11)},
+        ]
+        for kwargs in calls:
+            counts = {len([e async for e in journal.query_events(**kwargs, limit=50)]) for _ in range(8)}
+            assert len(counts) == 1 and counts.pop() > 0
+        async with journal._connection() as conn:  # the journal's only connection
+            runs = await conn.fetch(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            )
+    query_sql = {getattr(QUERIES, name).sql for name in
+                 ("query_by_type_page", "query_by_payload_page", "query_by_correlation_page", "query_by_time_page")}
+    ran = [r for r in runs if r["statement"] in query_sql]
+    assert ran, "the journal's statements are not where this test looks"
+    assert [r for r in ran if r["generic_plans"] or r["custom_plans"] > 1] == []
