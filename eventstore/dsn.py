@@ -20,11 +20,13 @@ class DatabaseURL:
 
     @property
     def host(self) -> str:
-        return self.parts.hostname or "localhost"
+        # A Unix socket comes as ?host=/dir with an empty host part, as libpq and asyncpg read it.
+        return self.parts.hostname or dict(parse_qsl(self.parts.query)).get("host") or "localhost"
 
     @property
     def port(self) -> int:
-        return self.parts.port or 5432
+        port = self.parts.port or dict(parse_qsl(self.parts.query)).get("port", "")
+        return int(port) if str(port).isdigit() else 5432
 
     @property
     def database(self) -> str:
@@ -61,7 +63,9 @@ class DatabaseURL:
             user, colon, password = userinfo.partition(":")
             userinfo = quote(unquote(user), safe="") + (colon and ":" + quote(unquote(password), safe=""))
         netloc = f"{userinfo}{at}{hostinfo}"
-        return self.parts._replace(scheme=scheme, netloc=netloc, query=urlencode(query)).geturl()
+        # Built by hand: urlunsplit drops the '//' of an empty host (postgresql:///db?host=/socket).
+        encoded = urlencode(query)
+        return f"{scheme}://{netloc}{self.parts.path}" + (f"?{encoded}" if encoded else "")
 
     def asyncpg_dsn(self) -> str:
         return self._with_scheme("postgresql", drop=("connect_timeout",))

@@ -208,3 +208,16 @@ async def test_replay_read_ahead_is_released_when_the_reader_stops_early(databas
         assert [e.payload["i"] async for e in journal.read_events(after=50)] == [50, 51, 52, 53, 54]
         assert len([e async for e in journal.read_events()]) == 55  # pages of 10, ahead by one
     assert journal.get_metrics()["pool_size"] == 0  # closed without waiting on a stray fetch
+
+
+async def test_unix_socket_urls_reach_the_server_for_schema_and_journal():
+    """libpq's spelling of a socket (empty host, ?host=/dir) must survive the URL rewriting."""
+    from .faults.pgcluster import ThrowawayCluster
+
+    with ThrowawayCluster() as pg:
+        url = f"postgresql://postgres@/postgres?host={pg.root}&port={pg.port}"
+        assert upgrade_schema(url)  # psycopg via yoyo
+        async with PostgresEventJournal(url, pool_size=1) as journal:
+            assert await journal.append_event(event())
+            assert len(await read_all(journal)) == 1
+            assert journal.get_metrics()["database"] == f"{pg.root}:{pg.port}/postgres"
