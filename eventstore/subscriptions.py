@@ -58,6 +58,8 @@ async def pg_subscribe(journal: PostgresEventJournal, after: int) -> AsyncIterat
                         yield row_to_event(row)
                     if len(rows) < journal._page_size:
                         cursor = high_water  # the rest of the range are burned ids (ON CONFLICT)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                raise journal._denied(exc, "subscribe", "eventstore_reader or eventstore_writer") from None
             except _UNAVAILABLE as exc:
                 if journal._pool is None:
                     return  # the journal was closed under us
@@ -96,6 +98,13 @@ async def _listen(journal: PostgresEventJournal, wake: asyncio.Event) -> asyncpg
         try:
             await _init_connection(conn)
             await conn.add_listener(CHANNEL, lambda *_: wake.set())
+        except _UNAVAILABLE as exc:  # lost between connecting and listening: a failed attempt too
+            conn.terminate()
+            if attempt == RECONNECT_ATTEMPTS - 1:
+                raise journal._unavailable(exc) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
         except BaseException:
             conn.terminate()
             raise

@@ -201,6 +201,20 @@ async def test_role_outside_both_groups_gets_a_clear_error_at_initialize(databas
         await PostgresEventJournal(url, pool_size=1).initialize()
 
 
+async def test_membership_revoked_under_a_live_journal_gives_clear_errors(database_url, member):
+    url = await member("eventstore_writer")
+    role = url.split("//", 1)[1].split("@", 1)[0]
+    async with PostgresEventJournal(url, pool_size=1) as journal:
+        assert await journal.append_event(event())
+        await sql(database_url, f"REVOKE eventstore_writer FROM {role}")
+        with pytest.raises(PermissionDeniedError, match="eventstore_writer"):
+            await journal.append_event(event())
+        stream = journal.subscribe(after=0)
+        with pytest.raises(PermissionDeniedError, match="may not subscribe"):
+            await next_event(stream)
+    assert await fetchval(database_url, "SELECT count(*) FROM credit_events") == 1
+
+
 # -- the rollback of 0004 --------------------------------------------------------------------
 
 
