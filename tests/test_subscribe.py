@@ -301,6 +301,9 @@ def test_cli_tail_prints_jsonl_and_exits_0_on_ctrl_c(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventstore", "tail", "--backend", "file", "--path", str(path), "--after", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "EVENT_JOURNAL_BACKEND": "file"},
+        # A shell without job control starts background jobs with SIGINT ignored, and the child
+        # would inherit that: give it the disposition a terminal's Ctrl-C meets.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
