@@ -221,3 +221,12 @@ async def test_unix_socket_urls_reach_the_server_for_schema_and_journal():
             assert await journal.append_event(event())
             assert len(await read_all(journal)) == 1
             assert journal.get_metrics()["database"] == f"{pg.root}:{pg.port}/postgres"
+
+
+async def test_libpq_connect_timeout_in_the_url_is_the_default_and_not_sent_to_the_server(database_url):
+    # asyncpg would pass ?connect_timeout= to the server as a setting, which refuses it.
+    async with PostgresEventJournal(database_url + "?connect_timeout=7", pool_size=1) as journal:
+        assert await journal.append_event(event())
+        assert journal._connect_timeout == 7.0
+    async with PostgresEventJournal(database_url + "?connect_timeout=7", pool_size=1, connect_timeout=3) as journal:
+        assert journal._connect_timeout == 3.0
