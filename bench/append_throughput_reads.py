@@ -17,7 +17,7 @@ import asyncpg
 
 from eventstore import EventEnvelope, PostgresEventJournal
 from eventstore.envelope import ENCODER
-from eventstore.schema import upgrade_schema
+from eventstore.postgres.schema import upgrade_schema
 
 BARE_SQL = """
 INSERT INTO credit_events (event_id, idempotency_key, event_type, schema_version, "timestamp", actor_id,

@@ -37,7 +37,7 @@ from common import (
 
 from eventstore import EventEnvelope, migrate_file_to_postgres
 from eventstore.envelope import ENCODER, ENVELOPE_DECODER, validate_event
-from eventstore.postgres import _init_connection
+from eventstore.postgres.rows import init_connection
 
 COLUMNS = ["event_id", "idempotency_key", "event_type", "schema_version", "timestamp", "actor_id",
            "correlation_id", "causation_id", "payload", "entity_id", "entity_version"]
@@ -83,7 +83,7 @@ async def run(events: int, batch_size: int, folder: str) -> tuple[list[dict], di
     db = await create_db("import")
     try:
         conn = await asyncpg.connect(url(db))
-        await _init_connection(conn)
+        await init_connection(conn)
         await conn.execute("CREATE TABLE bench_copy (LIKE credit_events INCLUDING ALL)")
         await conn.execute("CHECKPOINT")
 

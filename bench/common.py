@@ -49,7 +49,7 @@ async def create_db(tag: str, *, schema: bool = True, bare_table: bool = False) 
     finally:
         await conn.close()
     if schema:
-        from eventstore.schema import upgrade_schema
+        from eventstore.postgres.schema import upgrade_schema
 
         await asyncio.to_thread(upgrade_schema, url(name))
         if bare_table:

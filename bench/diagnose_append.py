@@ -13,7 +13,7 @@ from common import BARE_INSERT, bare_args, bare_connection, create_db, drop_db, 
 
 from eventstore import PostgresEventJournal
 from eventstore.envelope import validate_event
-from eventstore.postgres import _APPEND_SQL
+from eventstore.postgres.queries import QUERIES
 
 DIRECT_INSERT = BARE_INSERT.replace("bare_events", "credit_events")  # same row, through the xid trigger
 
@@ -25,12 +25,12 @@ async def run(n: int) -> None:
         await journal.initialize()
         conn = await bare_connection(db)
         bare = await conn.prepare(BARE_INSERT)
-        func = await conn.prepare(_APPEND_SQL)
+        func = await conn.prepare(QUERIES.append_event.sql)
         direct = await conn.prepare(DIRECT_INSERT)
         events = [make_events(n, prefix=p) for p in ("j", "f", "d", "b")]
         s: dict[str, list[float]] = {k: [] for k in ("journal", "function", "direct", "bare", "validate", "acquire")}
         clock = time.perf_counter
-        pool = journal._pool
+        pool = journal.connections.pool
         assert pool is not None
         for i in range(n):
             version = i // 100 + 1

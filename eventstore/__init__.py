@@ -25,7 +25,7 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
 
         return PostgresEventJournal
     if name == "migrate_file_to_postgres":
-        from .migrate import migrate_file_to_postgres
+        from .postgres.file_import import migrate_file_to_postgres
 
         return migrate_file_to_postgres
     raise AttributeError(f"module 'eventstore' has no attribute {name!r}")

@@ -47,7 +47,7 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_schema_upgrade(args: argparse.Namespace) -> int:
-    from .schema import upgrade_schema
+    from .postgres.schema import upgrade_schema
 
     applied = upgrade_schema(_database_url(args), args.schema)
     print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ' (already current)'}")
@@ -55,7 +55,7 @@ def cmd_schema_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_schema_status(args: argparse.Namespace) -> int:
-    from .schema import schema_status
+    from .postgres.schema import schema_status
 
     states = schema_status(_database_url(args), args.schema)
     for state in states:
@@ -64,7 +64,7 @@ def cmd_schema_status(args: argparse.Namespace) -> int:
 
 
 def cmd_schema_downgrade(args: argparse.Namespace) -> int:
-    from .schema import downgrade_schema
+    from .postgres.schema import downgrade_schema
 
     if not args.yes:
         raise UsageError("schema downgrade drops credit_events and destroys the event history; rerun with --yes")
@@ -76,22 +76,20 @@ def cmd_schema_downgrade(args: argparse.Namespace) -> int:
 # -- journal commands ------------------------------------------------------------------------
 
 
-async def _open(args: argparse.Namespace, **options: Any):  # type: ignore[no-untyped-def]
-    from .factory import create_event_journal
+async def _open_journal(args: argparse.Namespace, *, reading: bool):  # type: ignore[no-untyped-def]
+    """The journal a command works on, resolved as ``create_event_journal`` resolves it. A command
+    that only reads opens a file journal read-only: it never takes the writer's lock."""
+    from .factory import create_event_journal, resolve_backend
 
-    backend = args.backend or os.environ.get("EVENT_JOURNAL_BACKEND") or "file"
-    if backend in ("postgres", "postgresql"):
-        if args.schema:
-            options["schema"] = args.schema
+    if resolve_backend(args.backend, args.database_url) == "postgres":
+        options = {"schema": args.schema} if args.schema else {}
         return await create_event_journal("postgres", database_url=_database_url(args), pool_size=2, max_overflow=2, **options)
-    return await create_event_journal(backend, path=args.path, **options)
+    return await create_event_journal("file", path=args.path, **({"read_only": True} if reading else {}))
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     async def run() -> dict[str, Any]:
-        backend = args.backend or os.environ.get("EVENT_JOURNAL_BACKEND") or "file"
-        options = {"read_only": True} if backend == "file" else {}
-        journal = await _open(args, **options)
+        journal = await _open_journal(args, reading=True)
         try:
             return journal.get_metrics()
         finally:
@@ -108,9 +106,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run
 
-    return run_demo(args)
+    if args.agents < 2:
+        raise UsageError("--agents must be at least 2 (transfers need two agents)")
+
+    async def main() -> bool:
+        journal = await _open_journal(args, reading=False)
+        try:
+            return await run(journal, events=args.events, agent_count=args.agents, workers=args.workers)
+        finally:
+            await journal.close()
+
+    return EXIT_OK if asyncio.run(main()) else EXIT_FAILED
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
@@ -121,8 +129,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
 
     async def run() -> None:
-        backend = args.backend or os.environ.get("EVENT_JOURNAL_BACKEND") or "file"
-        journal = await _open(args, **({"read_only": True} if backend == "file" else {}))
+        journal = await _open_journal(args, reading=True)
         try:
             async for event in journal.subscribe(after=args.after):
                 out.write(ENCODER.encode(event) + b"\n")
@@ -154,27 +161,16 @@ def _print_examples(label: str, examples: list[str]) -> None:
         print(f"  {label}: {example}")
 
 
-def _run_db(coro: Any) -> Any:
-    """Run a coroutine that talks to PostgreSQL; a driver error becomes one line, not a traceback."""
-    import asyncpg
-
-    try:
-        return asyncio.run(coro)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        first = (str(exc) or type(exc).__name__).splitlines()[0]
-        raise EventStoreError(f"PostgreSQL error ({type(exc).__name__}): {first}") from None
-
-
 def cmd_import(args: argparse.Namespace) -> int:
-    from .migrate import import_file
-    from .transfer import ProgressBar
+    from .postgres.file_import import import_file
+    from .progress import ProgressBar
 
     url = _database_url(args)
     source = _source_file(args.file)
     bar = ProgressBar("import")
     try:
-        result = _run_db(import_file(source, url, batch_size=args.batch_size, dry_run=args.dry_run,
-                                     schema=args.schema, progress=bar.update))
+        result = asyncio.run(import_file(source, url, batch_size=args.batch_size, dry_run=args.dry_run,
+                                         schema=args.schema, progress=bar.update))
     finally:
         bar.finish()
     if args.json:
@@ -192,12 +188,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .transfer import ProgressBar, export_to_file
+    from .postgres.file_export import export_to_file
+    from .progress import ProgressBar
 
     url = _database_url(args)
     bar = ProgressBar("export")
     try:
-        written = _run_db(export_to_file(url, args.file, after=args.after, schema=args.schema, progress=bar.update))
+        written = asyncio.run(export_to_file(url, args.file, after=args.after, schema=args.schema, progress=bar.update))
     finally:
         bar.finish()
     if args.json:
@@ -208,13 +205,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .transfer import ProgressBar, verify_file
+    from .postgres.file_verify import verify_file
+    from .progress import ProgressBar
 
     url = _database_url(args)
     source = _source_file(args.file)
     bar = ProgressBar("verify")
     try:
-        result = _run_db(verify_file(source, url, schema=args.schema, progress=bar.update))
+        result = asyncio.run(verify_file(source, url, schema=args.schema, progress=bar.update))
     finally:
         bar.finish()
     if args.json:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import time
@@ -118,21 +117,3 @@ def _table(header: tuple[str, str], rows: list[tuple[str, str]]) -> None:
     print(f"{'-' * width}  {'-' * max(len(header[1]), *(len(r[1]) for r in rows)) if rows else ''}")
     for left, right in rows:
         print(f"{left:<{width}}  {right}")
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from .cli import _open
-
-    if args.agents < 2:
-        from .cli import UsageError
-
-        raise UsageError("--agents must be at least 2 (transfers need two agents)")
-
-    async def main() -> bool:
-        journal = await _open(args)
-        try:
-            return await run(journal, events=args.events, agent_count=args.agents, workers=args.workers)
-        finally:
-            await journal.close()
-
-    return 0 if asyncio.run(main()) else 1

@@ -84,6 +84,11 @@ class DatabaseURL:
                 text = text.replace(secret, "***")
         return text
 
+    def describe(self, exc: BaseException) -> str:
+        """An error for a message: its first line without the password, or its type's name."""
+        text = str(exc).strip()
+        return self.scrub(text.splitlines()[0]) if text else type(exc).__name__
+
     def __str__(self) -> str:
         user = f"{self.parts.username}@" if self.parts.username else ""
         return f"postgresql://{user}{self.where}"

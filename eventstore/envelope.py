@@ -97,10 +97,10 @@ def _check_text(field: str, value: object, *, min_len: int, max_len: int | None,
         raise InvalidEventError(field, "must not be empty" if min_len == 1 else f"shorter than {min_len} characters")
     if max_len is not None and len(value) > max_len:
         raise InvalidEventError(field, f"longer than {max_len} characters ({len(value)})")
-    _check_string_content(field, value)
+    check_string_content(field, value)
 
 
-def _check_string_content(field: str, value: str) -> None:
+def check_string_content(field: str, value: str) -> None:
     if "\x00" in value:
         raise InvalidEventError(field, "contains a NUL character (\\u0000), which PostgreSQL cannot store")
     if not value.isascii():
@@ -117,13 +117,13 @@ def _check_uuid(field: str, value: object, *, nullable: bool = False) -> None:
         raise InvalidEventError(field, f"must be a uuid.UUID, got {type(value).__name__}")
 
 
-def _check_payload_values(payload: dict[str, Any], root: str = "payload") -> None:
+def check_payload_values(payload: dict[str, Any], root: str = "payload") -> None:
     """Walk the payload once: JSON types only, finite numbers, no NUL, bounded depth."""
     stack: list[tuple[Any, str, int]] = [(payload, root, 1)]
     while stack:
         value, where, depth = stack.pop()
         if isinstance(value, str):
-            _check_string_content(where, value)
+            check_string_content(where, value)
         elif isinstance(value, bool) or value is None:
             pass
         elif isinstance(value, int):
@@ -138,7 +138,7 @@ def _check_payload_values(payload: dict[str, Any], root: str = "payload") -> Non
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise InvalidEventError(where, f"object key {key!r} is not a string")
-                _check_string_content(f"{where} key {key[:40]!r}", key)
+                check_string_content(f"{where} key {key[:40]!r}", key)
                 stack.append((item, f"{where}.{key[:40]}", depth + 1))
         elif isinstance(value, list | tuple):
             if depth > MAX_PAYLOAD_DEPTH:
@@ -178,7 +178,7 @@ def validate_event(event: object, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_B
     payload = event.payload
     if not isinstance(payload, dict):
         raise InvalidEventError("payload", f"must be a JSON object (dict), got {type(payload).__name__}")
-    _check_payload_values(payload)
+    check_payload_values(payload)
     try:
         payload_json = ENCODER.encode(payload)
     except (TypeError, ValueError, OverflowError) as exc:  # pragma: no cover - the walk catches these first

@@ -1,4 +1,5 @@
-"""Pick and open a journal from arguments and the environment."""
+"""Pick and open a journal from arguments and the environment: the one resolution rule, used by
+``create_event_journal`` and by every CLI command."""
 
 from __future__ import annotations
 
@@ -11,25 +12,42 @@ from .errors import ConfigurationError
 from .file import DEFAULT_PATH, FileEventJournal
 
 BACKENDS = ("file", "postgres")
+_ALIASES = {"file": "file", "jsonl": "file", "postgres": "postgres", "postgresql": "postgres"}
 
 
-def _journal(
-    backend: str | None, path: str | os.PathLike[str] | None, database_url: str | None,
-    pool_size: int, max_overflow: int, options: dict[str, Any],
-) -> BaseEventJournal:
+def resolve_backend(backend: str | None = None, database_url: str | None = None) -> str:
+    """``"file"`` or ``"postgres"``: the ``backend`` given; else PostgreSQL when a ``database_url``
+    is given; else ``$EVENT_JOURNAL_BACKEND``; else the file."""
+    if backend is None and database_url:
+        return "postgres"
     name = (backend or os.environ.get("EVENT_JOURNAL_BACKEND") or "file").strip().lower()
-    if name in ("file", "jsonl"):
-        return FileEventJournal(path or os.environ.get("EVENT_JOURNAL_PATH") or DEFAULT_PATH, **options)
-    if name in ("postgres", "postgresql"):
+    if name not in _ALIASES:
+        raise ConfigurationError(f"unknown journal backend {name!r}; accepted: {', '.join(BACKENDS)}")
+    return _ALIASES[name]
+
+
+def build_event_journal(
+    backend: str | None = None,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    database_url: str | None = None,
+    pool_size: int = 10,
+    max_overflow: int = 20,
+    **options: Any,
+) -> BaseEventJournal:
+    """The journal :func:`create_event_journal` would open, not yet initialized."""
+    name = resolve_backend(backend, database_url)
+    try:
+        if name == "file":
+            return FileEventJournal(path or os.environ.get("EVENT_JOURNAL_PATH") or DEFAULT_PATH, **options)
         from .postgres import PostgresEventJournal  # asyncpg is imported only when used
 
         url = database_url or os.environ.get("DATABASE_URL")
         if not url:
-            raise ConfigurationError(
-                "the postgres backend needs a database URL: pass database_url= or set DATABASE_URL"
-            )
+            raise ConfigurationError("the postgres backend needs a database URL: pass database_url= or set DATABASE_URL")
         return PostgresEventJournal(url, pool_size=pool_size, max_overflow=max_overflow, **options)
-    raise ConfigurationError(f"unknown journal backend {name!r}; accepted: {', '.join(BACKENDS)}")
+    except TypeError as exc:
+        raise ConfigurationError(f"unknown journal option: {exc}") from None
 
 
 async def create_event_journal(
@@ -41,13 +59,13 @@ async def create_event_journal(
     max_overflow: int = 20,
     **options: Any,
 ) -> BaseEventJournal:
-    """An initialized journal. ``backend`` defaults to ``$EVENT_JOURNAL_BACKEND`` then ``"file"``;
-    ``path`` to ``$EVENT_JOURNAL_PATH`` then ``storage/events/credits.jsonl``; ``database_url`` to
+    """An initialized journal. ``backend`` defaults to ``$EVENT_JOURNAL_BACKEND`` then ``"file"``
+    (a ``database_url`` given without a ``backend`` means PostgreSQL); ``path`` to
+    ``$EVENT_JOURNAL_PATH`` then ``storage/events/credits.jsonl``; ``database_url`` to
     ``$DATABASE_URL``. ``options`` go to the journal (``max_payload_bytes``, ``schema``, ...)."""
-    try:
-        journal = _journal(backend, path, database_url, pool_size, max_overflow, options)
-    except TypeError as exc:
-        raise ConfigurationError(f"unknown journal option: {exc}") from None
+    journal = build_event_journal(
+        backend, path=path, database_url=database_url, pool_size=pool_size, max_overflow=max_overflow, **options
+    )
     await journal.initialize()
     return journal
 

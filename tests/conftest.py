@@ -12,7 +12,7 @@ import pytest
 from pytest_postgresql import factories
 
 from eventstore import BaseEventJournal, FileEventJournal
-from eventstore.schema import upgrade_schema
+from eventstore.postgres.schema import upgrade_schema
 
 PGHOST = os.environ.get("PGHOST", "127.0.0.1")
 PGPORT = int(os.environ.get("PGPORT", "5432"))

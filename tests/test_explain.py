@@ -11,7 +11,8 @@ import asyncpg
 import pytest
 
 from eventstore.envelope import ENCODER
-from eventstore.postgres import QUERIES, _init_connection
+from eventstore.postgres.queries import QUERIES
+from eventstore.postgres.rows import init_connection
 
 ROWS = 120_000
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -73,7 +74,7 @@ def walk(plan: dict):
 @pytest.fixture
 async def loaded(database_url):
     conn = await asyncpg.connect(database_url)
-    await _init_connection(conn)
+    await init_connection(conn)
     try:
         await conn.execute(LOAD)
         await conn.execute("ANALYZE credit_events")
@@ -116,7 +117,7 @@ async def test_query_events_is_planned_for_its_values_every_time(loaded, databas
             counts = {len([e async for e in journal.query_events(**kwargs, limit=50)]) for _ in range(8)}
             assert len(counts) == 1 and counts.pop() > 0
         assert len([e async for e in journal.query_events(limit=5)]) == 5  # no filter: the cached replay page
-        async with journal._connection() as conn:  # the journal's only connection
+        async with journal.connections.acquire() as conn:  # the journal's only connection
             runs = await conn.fetch(
                 "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
             )

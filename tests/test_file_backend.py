@@ -143,21 +143,21 @@ async def test_resume_from_a_late_position_uses_the_seek_index(tmp_path):
     async with FileEventJournal(path) as reopened:  # rebuilt by the scan at open
         for after in (0, 1023, 1024, 2500, 4999, 5000):
             assert await read_all(reopened, after=after) == whole[after:]
-        assert len(reopened._seeks) > 3
+        assert len(reopened.index.seeks) > 3
 
 
 async def test_failed_write_stores_nothing_and_journal_stays_usable(tmp_path):
     async with FileEventJournal(tmp_path / "credits.jsonl") as journal:
         await journal.append_event(event(entity_id="a"))
-        real_fd = journal._fd
-        journal._fd = os.open(os.devnull, os.O_RDONLY)  # writes now fail with EBADF
+        real_fd = journal.group_commit.fd
+        journal.group_commit.fd = os.open(os.devnull, os.O_RDONLY)  # writes now fail with EBADF
         try:
             results = await asyncio.gather(
                 *(journal.append_event(event(entity_id="a")) for _ in range(3)), return_exceptions=True
             )
             assert all(isinstance(r, OSError) for r in results)
         finally:
-            os.close(journal._fd)
-            journal._fd = real_fd
+            os.close(journal.group_commit.fd)
+            journal.group_commit.fd = real_fd
         assert await journal.append_event(event(entity_id="a"), expected_version=1) is True
         assert [e.entity_version for e in await read_all(journal)] == [1, 2]

@@ -20,8 +20,8 @@ import pytest
 
 from eventstore import EventEnvelope, FileEventJournal, PostgresEventJournal, migrate_file_to_postgres
 from eventstore.envelope import ENCODER
-from eventstore.migrate import MigrationConflictError, import_file
-from eventstore.transfer import render
+from eventstore.postgres.file_import import MigrationConflictError, import_file
+from eventstore.progress import render
 
 from .helpers import event
 
@@ -123,7 +123,7 @@ async def test_import_killed_midway_then_rerun(tmp_path: Path, database_url: str
             process.wait()
         # A statement already sent still commits on the server: wait until its backend is gone.
         while await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'eventstore-migrate'"
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'eventstore-import'"
         ):
             time.sleep(0.01)
         partial = await conn.fetchval("SELECT count(*) FROM credit_events")
@@ -306,7 +306,7 @@ async def test_key_stored_concurrently_is_skipped_not_an_error(tmp_path: Path, d
         # connection: pg_stat_activity is a snapshot that stays fixed within a transaction.)
         while not await asyncpg_fetchval(
             database_url,
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventstore-migrate'"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventstore-import'"
             " AND datname = current_database() AND wait_event_type = 'Lock'"
         ):
             assert not task.done()

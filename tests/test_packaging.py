@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     import asyncio, sys
     import eventstore
     from eventstore import EventEnvelope, create_event_journal
-    from eventstore.schema import upgrade_schema
+    from eventstore.postgres.schema import upgrade_schema
     assert "site-packages" in eventstore.__file__, eventstore.__file__
 
     async def main(path, url):

@@ -16,7 +16,7 @@ from eventstore import (
     SchemaNotReadyError,
     create_event_journal,
 )
-from eventstore.schema import downgrade_schema, schema_status, upgrade_schema
+from eventstore.postgres.schema import downgrade_schema, schema_status, upgrade_schema
 
 from .helpers import event, read_all
 
@@ -227,6 +227,6 @@ async def test_libpq_connect_timeout_in_the_url_is_the_default_and_not_sent_to_t
     # asyncpg would pass ?connect_timeout= to the server as a setting, which refuses it.
     async with PostgresEventJournal(database_url + "?connect_timeout=7", pool_size=1) as journal:
         assert await journal.append_event(event())
-        assert journal._connect_timeout == 7.0
+        assert journal.connections.connect_timeout == 7.0
     async with PostgresEventJournal(database_url + "?connect_timeout=7", pool_size=1, connect_timeout=3) as journal:
-        assert journal._connect_timeout == 3.0
+        assert journal.connections.connect_timeout == 3.0

@@ -11,7 +11,7 @@ import pytest
 
 from eventstore import FileEventJournal, InvalidEventError, PostgresEventJournal
 from eventstore.envelope import ENCODER
-from eventstore.reads import json_contains
+from eventstore.file.scan import json_contains
 
 from .helpers import event, unstamped
 
@@ -82,7 +82,7 @@ async def test_read_entity_in_version_order_with_time_range(journal):
 async def test_read_entity_pages(open_journal):
     journal = await open_journal()
     if isinstance(journal, PostgresEventJournal):
-        journal._page_size = 3  # several keyset pages
+        journal.page_size = 3  # several keyset pages
     events = [event(entity_id="paged", timestamp=T0 + timedelta(seconds=i)) for i in range(11)]
     await fill(journal, events)
     assert [unstamped(e) for e in await collect(journal.read_entity("paged"))] == events
@@ -160,7 +160,7 @@ async def test_query_events_hand_checked(journal):
 async def test_query_events_pages_with_limit(open_journal):
     journal = await open_journal()
     if isinstance(journal, PostgresEventJournal):
-        journal._page_size = 4
+        journal.page_size = 4
     events = [event("credits.paged", {"i": i, "even": i % 2 == 0}) for i in range(23)]
     await fill(journal, events)
     got = await collect(journal.query_events(payload_contains={"even": True}, limit=7))

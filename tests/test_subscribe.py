@@ -125,7 +125,7 @@ async def test_break_and_cancel_release_the_connection(database_url):
         with pytest.raises(asyncio.CancelledError):
             await task
         await wait_for_backends(database_url, 0)
-        assert not journal._listeners
+        assert not journal.connections.listeners
 
 
 async def test_a_dropped_connection_resumes_where_it_stopped(database_url):
@@ -156,7 +156,7 @@ async def test_a_subscription_that_cannot_reconnect_raises_database_unavailable(
         await journal.append_event(event())
         subscription = journal.subscribe()
         assert (await anext(subscription)).position == 1
-        journal._url = parse_database_url("postgresql://postgres@127.0.0.1:1/nowhere")  # the server "moved away"
+        journal.errors.url = parse_database_url("postgresql://postgres@127.0.0.1:1/nowhere")  # the server "moved away"
         admin = await asyncpg.connect(database_url)
         try:
             await admin.execute(

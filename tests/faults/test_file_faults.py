@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-import eventstore.file
+import eventstore.file.commit
 from eventstore import EventEnvelope, FileEventJournal, JournalWriteError
 
 from ..helpers import event, read_all, unstamped
@@ -228,7 +228,7 @@ def test_sigkilled_writer_soak(tmp_path: Path) -> None:
 
 
 class QuotaOs:
-    """Stands in for ``os`` inside eventstore.file when no tmpfs can be mounted: writes to the
+    """Stands in for ``os`` inside eventstore.file.commit when no tmpfs can be mounted: writes to the
     journal stop at ``quota`` bytes of file size with ENOSPC, like a full disk (a short write first)."""
 
     def __init__(self, quota: int) -> None:
@@ -263,7 +263,7 @@ def small_disk(
                 filler.unlink()
         else:
             quota = QuotaOs(size - size // 4)
-            monkeypatch.setattr(eventstore.file, "os", quota)
+            monkeypatch.setattr(eventstore.file.commit, "os", quota)
 
             def free() -> None:
                 quota.quota += size // 4
@@ -322,7 +322,7 @@ async def test_full_disk_refuses_appends_cleanly_and_recovers_when_space_is_free
 
 
 class DiskFillsMidWrite:
-    """``os`` for eventstore.file whose next journal write() stores half its bytes, and the one
+    """``os`` for eventstore.file.commit whose next journal write() stores half its bytes, and the one
     after that blocks until ``release`` and then fails with ENOSPC."""
 
     def __init__(self) -> None:
@@ -358,7 +358,7 @@ async def test_enospc_in_the_middle_of_a_group_commit_fails_every_append_of_it(
 
         follower = asyncio.create_task(follow())
         disk = DiskFillsMidWrite()
-        monkeypatch.setattr(eventstore.file, "os", disk)
+        monkeypatch.setattr(eventstore.file.commit, "os", disk)
         first = [event(entity_id=f"acct-{i % 3}") for i in range(50)]
         batch = [event(entity_id="acct-1") for _ in range(5)]
         wave1 = [asyncio.ensure_future(journal.append_event(e)) for e in first]
@@ -368,10 +368,10 @@ async def test_enospc_in_the_middle_of_a_group_commit_fails_every_append_of_it(
         second = [event(entity_id=f"acct-{i % 3}") for i in range(20)]
         wave2 = [asyncio.ensure_future(journal.append_event(e, expected_version=None)) for e in second]
         for _ in range(1000):
-            if len(journal._pending_lines) == len(second):
+            if journal.group_commit.staged == len(second):
                 break
             await asyncio.sleep(0)
-        assert len(journal._pending_lines) == len(second)
+        assert journal.group_commit.staged == len(second)
         disk.release.set()
         results = await asyncio.gather(*wave1, *wave2, return_exceptions=True)
         monkeypatch.undo()

@@ -39,7 +39,7 @@ from eventstore import (
     PostgresEventJournal,
 )
 from eventstore.envelope import ENCODER, MAX_INT_BITS, MAX_PAYLOAD_DEPTH
-from eventstore.migrate import import_file
+from eventstore.postgres.file_import import import_file
 
 REPO = Path(__file__).resolve().parents[2]
 #: The fuzzed journals use a smaller payload limit, so that examples near it stay cheap; the
@@ -879,7 +879,7 @@ def test_sql_files_use_only_bound_parameters() -> None:
         assert not re.search(r"%\(?\w*\)?s|\{\w*\}|\$\d", body), path
         for literal in re.findall(r"'[^'\n]*'", body):
             assert not re.search(r"(?<!:):[A-Za-z_]", literal), f"{path}: {literal} (a :param in a literal is not bound)"
-    from eventstore.postgres import QUERIES
+    from eventstore.postgres.queries import QUERIES
 
     for name in QUERIES.available_queries:
         query = getattr(QUERIES, name)

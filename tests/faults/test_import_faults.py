@@ -67,7 +67,7 @@ async def wait_for_import_backend_to_end(conn: asyncpg.Connection) -> None:
     """A statement already sent still commits after its client died: wait until its backend is gone."""
     deadline = time.monotonic() + 120
     while await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'eventstore-migrate'"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'eventstore-import'"
     ):
         assert time.monotonic() < deadline, "the killed import's backend never ended"
         await asyncio.sleep(0.02)

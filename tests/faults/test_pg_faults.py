@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from eventstore import DatabaseUnavailableError, EventEnvelope, PostgresEventJournal
-from eventstore.schema import upgrade_schema
+from eventstore.postgres.schema import upgrade_schema
 
 from ..helpers import event, read_all, unstamped
 from .pgcluster import ThrowawayCluster
@@ -342,7 +342,7 @@ async def test_committed_but_unacknowledged_append_is_stored_once(cluster_url, b
             await wait_for_wait_event(admin, pid, "SyncRep")  # written and committed locally, unanswered
             assert await admin.fetchval("SELECT count(*) FROM credit_events WHERE idempotency_key = ANY($1)", keys) == 0
             assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-            with pytest.raises(DatabaseUnavailableError, match=f"127.0.0.1:{journal._url.port}"):
+            with pytest.raises(DatabaseUnavailableError, match=f"127.0.0.1:{journal.url.port}"):
                 await asyncio.wait_for(call, GUARD)
 
             await admin.execute("ALTER SYSTEM RESET synchronous_standby_names")

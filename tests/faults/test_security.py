@@ -33,7 +33,7 @@ from eventstore import (
     SchemaNotReadyError,
     create_event_journal,
 )
-from eventstore.schema import downgrade_schema, schema_status, upgrade_schema
+from eventstore.postgres.schema import downgrade_schema, schema_status, upgrade_schema
 
 from ..helpers import event, read_all
 from .pgcluster import ThrowawayCluster

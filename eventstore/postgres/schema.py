@@ -1,13 +1,18 @@
-"""Apply, inspect and roll back the schema with yoyo-migrations (plain SQL in ``migrations/``)."""
+"""The database schema: apply, inspect and roll back the migrations (yoyo-migrations, plain SQL in
+``migrations/``), and the check a journal or tool makes that the schema it connects to is current."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from ._resources import migrations_dir, shipped_migration_ids
-from .dsn import DatabaseURL, parse_database_url
-from .errors import ConfigurationError, DatabaseUnavailableError, EventStoreError
+import asyncpg
+
+from .._resources import migrations_dir, shipped_migration_ids
+from ..dsn import DatabaseURL, parse_database_url
+from ..errors import ConfigurationError, DatabaseUnavailableError, EventStoreError
+from .errors import ErrorMap
+from .queries import QUERIES
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -25,6 +30,19 @@ def check_schema_name(schema: str) -> str:
     return schema
 
 
+async def require_current_schema(conn: asyncpg.Connection, errors: ErrorMap) -> None:
+    """Refuse a missing schema, or one behind the migrations this package ships, naming the fix."""
+    try:
+        applied = {row[0] for row in await conn.fetch(QUERIES.applied_migrations.sql)}
+    except asyncpg.UndefinedTableError:
+        raise errors.schema_not_ready("is missing") from None
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise errors.denied(exc, "read the eventstore schema", "eventstore_reader or eventstore_writer") from None
+    missing = [m for m in shipped_migration_ids() if m not in applied]
+    if missing:
+        raise errors.schema_not_ready(f"is behind (missing {', '.join(missing)})")
+
+
 def _backend(url: DatabaseURL, schema: str):  # type: ignore[no-untyped-def]
     import psycopg
     from yoyo import get_backend
@@ -34,9 +52,7 @@ def _backend(url: DatabaseURL, schema: str):  # type: ignore[no-untyped-def]
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         return get_backend(url.yoyo_url(schema))
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(
-            f"cannot reach PostgreSQL at {url.where}: {url.scrub(str(exc)).strip().splitlines()[-1]}"
-        ) from None
+        raise DatabaseUnavailableError(f"cannot reach PostgreSQL at {url.where}: {_last_line(url, exc)}") from None
     except psycopg.Error as exc:  # e.g. a URL libpq refuses: its message may quote the password
         raise ConfigurationError(f"PostgreSQL at {url.where}: {type(exc).__name__} for this URL") from None
 
@@ -46,12 +62,19 @@ def _failed(url: DatabaseURL, action: str, exc: Exception) -> EventStoreError:
     import psycopg
 
     diag = getattr(exc, "diag", None)
-    message = url.scrub((getattr(diag, "message_primary", None) or str(exc) or type(exc).__name__).strip().splitlines()[0])
+    primary = getattr(diag, "message_primary", None)
+    message = url.scrub(primary) if primary else url.describe(exc)
     hint = getattr(diag, "message_hint", None)
     text = f"schema {action} failed at {url.where}: {message}" + (f" (hint: {url.scrub(hint)})" if hint else "")
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnavailableError(text)
     return EventStoreError(text)
+
+
+def _last_line(url: DatabaseURL, exc: Exception) -> str:
+    # libpq puts the reason for a failed connection on its last line.
+    lines = str(exc).strip().splitlines()
+    return url.scrub(lines[-1]) if lines else type(exc).__name__
 
 
 def _migrations():  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Snapshot storage for the file journal: one sidecar file per projection name, replaced atomically
+"""Snapshots of the file journal: one sidecar file per projection name, replaced atomically
 (temp file, fsync, rename, fsync of the folder), checked by a CRC before it is trusted."""
 
 from __future__ import annotations
@@ -8,13 +8,11 @@ import os
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import msgspec
 
-from .envelope import ENCODER, PAYLOAD_DECODER, Snapshot
-from .errors import InvalidEventError
+from ..envelope import ENCODER, PAYLOAD_DECODER, Snapshot
 
 log = logging.getLogger("eventstore.snapshots")
 
@@ -28,20 +26,6 @@ class _StoredSnapshot(msgspec.Struct, kw_only=True):
 
 
 _STORED_DECODER = msgspec.json.Decoder(_StoredSnapshot)
-
-
-def check_snapshot_args(name: object, position: object) -> None:
-    if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
-        raise InvalidEventError("name", "a snapshot name is 1-200 characters without NUL")
-    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
-        raise InvalidEventError("position", f"must be an integer >= 0, got {position!r}")
-
-
-def encode_state(state: Any) -> bytes:
-    try:
-        return ENCODER.encode(state)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidEventError("state", f"cannot be encoded as JSON: {exc}") from None
 
 
 def snapshot_path(folder: Path, name: str) -> Path:

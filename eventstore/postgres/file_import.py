@@ -1,4 +1,4 @@
-"""File journal → PostgreSQL: stream a JSONL journal into ``credit_events`` in file order.
+"""``eventstore import``: stream a JSONL journal into ``credit_events`` in file order.
 
 Each batch is one ``INSERT … SELECT FROM unnest(…) ORDER BY ord ON CONFLICT (idempotency_key)
 DO NOTHING`` statement (``sql/migrate.sql``: ``import_batch``), sent in autocommit: one round trip,
@@ -19,18 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import msgspec
 
-from .dsn import parse_database_url
-from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENVELOPE_DECODER, EventEnvelope, validate_event
-from .errors import DatabaseUnavailableError, EventStoreError, InvalidEventError, SchemaNotReadyError
-from .file import FileEventJournal, iter_lines
+from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, EventEnvelope, validate_event
+from ..errors import CorruptedEventError, EventStoreError, InvalidEventError
+from ..jsonl import LineCursor, LineDecoder
+from .errors import ENTITY_VERSION_KEY, EVENT_ID_KEY, IDEMPOTENCY_KEY_KEY
+from .queries import QUERIES
+from .rows import batch_params
+from .session import tool_session
 
 #: How many corrupt lines a result keeps (with line numbers); the count covers all of them.
 KEEP_CORRUPT = 20
@@ -81,9 +83,9 @@ def _check_entity_version(event: EventEnvelope) -> None:
 
 
 class JournalFileReader:
-    """Stream a JSONL journal the way :class:`FileEventJournal` reads it: the same legacy
-    completion (``FileEventJournal._complete``), the same rule that a line repeating an earlier
-    idempotency key or position is skipped (first occurrence wins), and ``validate_event``.
+    """Stream a JSONL journal the way :class:`FileEventJournal` reads it (``eventstore.jsonl``:
+    the same completion of lines from older tools, the same rule that a line repeating an earlier
+    idempotency key or position is skipped), then ``validate_event``.
 
     Memory: one dict of entity → version and one set of 64-bit key hashes (the file journal
     itself keeps every key); lines are read in 1 MiB chunks. A hash collision (odds ~n²/2⁶⁵)
@@ -108,29 +110,18 @@ class JournalFileReader:
 
     def __iter__(self) -> Iterator[tuple[int, EventEnvelope, bytes]]:
         """``(line_number, event, payload_json)`` per event, in file order."""
-        versions: dict[str, int] = {}
-        last_position = 0
-        keys = self.key_hashes
-        decode = ENVELOPE_DECODER.decode
-        complete = FileEventJournal._complete
-        for number, line in iter_lines(self.path, self.size):
-            self.bytes_read += len(line) + 1
+        lines = LineCursor(self.path)
+        decoder = LineDecoder(str(self.path), keys=self.key_hashes, hash_keys=True)
+        for number, line in lines.lines(self.size):
+            self.bytes_read = lines.offset
             try:
-                event = decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                self._bad(number, str(exc))
+                event = decoder.decode(number, line)
+            except CorruptedEventError as exc:
+                self._bad(number, exc.why)
                 continue
-            event, _ = complete(event, line, last_position, versions)
-            position = event.position
-            assert position is not None
-            key_hash = hash(event.idempotency_key)
-            if position <= last_position or key_hash in keys:
+            if event is None:
                 self.repeated += 1
                 continue
-            last_position = position
-            keys.add(key_hash)
-            if event.entity_id is not None and event.entity_version is not None:
-                versions[event.entity_id] = event.entity_version
             try:
                 event, payload_json = validate_event(event, self.max_payload_bytes)
                 _check_entity_version(event)
@@ -151,72 +142,12 @@ class JournalFileReader:
             yield batch
 
 
-# -- connections ------------------------------------------------------------------------------
-
-
-async def connect(database_url: str, schema: str | None = None, **settings: str) -> asyncpg.Connection:
-    """One connection with the journal's binary jsonb codec, after checking the schema is current."""
-    from . import _resources
-    from .postgres import QUERIES, _init_connection
-    from .schema import check_schema_name
-
-    url = parse_database_url(database_url)
-    schema = check_schema_name(schema or url.schema or "public")
-    try:
-        conn = await asyncpg.connect(
-            url.asyncpg_dsn(), timeout=url.connect_timeout or 10, server_settings={"search_path": schema, "application_name": "eventstore-migrate", **settings}
-        )
-    except asyncpg.InvalidCatalogNameError:
-        raise DatabaseUnavailableError(f"database {url.database!r} does not exist at {url.where}") from None
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        reason = url.scrub(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
-        raise DatabaseUnavailableError(f"PostgreSQL at {url.where} is unavailable: {reason}") from None
-    try:
-        await _init_connection(conn)
-        hint = f"run `eventstore schema upgrade` on {url.where} (schema {schema!r})"
-        try:
-            applied = {row[0] for row in await conn.fetch(QUERIES.applied_migrations.sql)}
-        except asyncpg.UndefinedTableError:
-            raise SchemaNotReadyError(f"the eventstore schema is missing: {hint}") from None
-        missing = [m for m in _resources.shipped_migration_ids() if m not in applied]
-        if missing:
-            raise SchemaNotReadyError(f"the eventstore schema is behind (missing {', '.join(missing)}): {hint}")
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
-
-
-@contextlib.asynccontextmanager
-async def session(database_url: str, schema: str | None = None, **settings: str) -> AsyncIterator[asyncpg.Connection]:
-    """:func:`connect`, closed at the end; a connection lost on the way is a DatabaseUnavailableError."""
-    conn = await connect(database_url, schema, **settings)
-    try:
-        yield conn
-    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
-        url = parse_database_url(database_url)
-        reason = url.scrub(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
-        raise DatabaseUnavailableError(f"lost the connection to PostgreSQL at {url.where}: {reason}") from None
-    finally:
-        await conn.close()
-
-
 # -- import -----------------------------------------------------------------------------------
-
-
-def _batch_args(batch: list[tuple[int, EventEnvelope, bytes]]) -> list[list[Any]]:
-    events = [e for _, e, _ in batch]
-    return [
-        [e.event_id for e in events], [e.idempotency_key for e in events], [e.event_type for e in events],
-        [e.schema_version for e in events], [e.timestamp for e in events], [e.actor_id for e in events],
-        [e.correlation_id for e in events], [e.causation_id for e in events], [p for _, _, p in batch],
-        [e.entity_id for e in events], [e.entity_version for e in events],
-    ]
 
 
 def _conflict(exc: asyncpg.UniqueViolationError, batch: list[tuple[int, EventEnvelope, bytes]]) -> MigrationConflictError:
     detail = getattr(exc, "detail", None) or str(exc)
-    if exc.constraint_name == "credit_events_entity_version_key":
+    if exc.constraint_name == ENTITY_VERSION_KEY:
         for number, event, _ in batch:  # name the first line whose (entity, version) is taken
             if f"=({event.entity_id}, {event.entity_version})" in detail:
                 return MigrationConflictError(
@@ -225,15 +156,14 @@ def _conflict(exc: asyncpg.UniqueViolationError, batch: list[tuple[int, EventEnv
                     "nothing of this batch was imported, earlier batches were"
                 )
         return MigrationConflictError(f"an entity version of the file is taken by a different event in PostgreSQL ({detail})")
-    if exc.constraint_name == "credit_events_event_id_key":
+    if exc.constraint_name == EVENT_ID_KEY:
         return MigrationConflictError(f"an event_id of the file is stored in PostgreSQL under another idempotency_key ({detail})")
     return MigrationConflictError(f"PostgreSQL refused a batch: {exc}")
 
 
 async def _insert_batch(conn: asyncpg.Connection, batch: list[tuple[int, EventEnvelope, bytes]]) -> int:
-    from .postgres import QUERIES
-
-    args = _batch_args(batch)
+    events = [event for _, event, _ in batch]
+    args = batch_params(events, [payload for _, _, payload in batch], [event.entity_version for event in events])
     sql = QUERIES.import_batch.sql
     for attempt in range(_DEADLOCK_RETRIES):
         try:
@@ -246,7 +176,7 @@ async def _insert_batch(conn: asyncpg.Connection, batch: list[tuple[int, EventEn
         except asyncpg.UniqueViolationError as exc:
             # The same event stored by someone else since the statement began fails on the first
             # unique index reached (event_id's or the key's): redo the batch with the key as arbiter.
-            retryable = exc.constraint_name in ("credit_events_idempotency_key_key", "credit_events_event_id_key")
+            retryable = exc.constraint_name in (IDEMPOTENCY_KEY_KEY, EVENT_ID_KEY)
             if not retryable or sql is QUERIES.import_batch_on_conflict.sql:
                 raise _conflict(exc, batch) from None
             sql = QUERIES.import_batch_on_conflict.sql
@@ -270,8 +200,6 @@ async def import_file(
     progress: Progress | None = None,
 ) -> ImportResult:
     """Import (or with ``dry_run`` only count) the file's events; see the module docstring."""
-    from .postgres import QUERIES
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     reader = JournalFileReader(source_file_path)
@@ -279,7 +207,8 @@ async def import_file(
     # Batches commit without waiting for the WAL flush (a crash can only lose the latest ones, which a
     # re-run imports again); flush_wal at the end makes the finished import durable.
     settings = {} if dry_run else {"synchronous_commit": "off"}
-    async with session(target_database_url, schema, **settings) as conn:
+    async with tool_session(target_database_url, schema, tool="import", action="import into credit_events",
+                            needs="eventstore_writer", **settings) as conn:
         if not dry_run and not await conn.fetchval(QUERIES.try_import_lock.sql):
             raise MigrationConflictError("another import into this database is running; wait for it to finish")
         # Pipelined: batch k runs on the server while the file is decoded into batch k+1. Batches

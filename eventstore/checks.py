@@ -1,0 +1,103 @@
+"""Argument rules of the journal's public methods, written once for both backends (the envelope's
+own rules are ``envelope.validate_event``). Each raises :class:`InvalidEventError` naming the argument."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from .envelope import ENCODER, EventEnvelope, check_payload_values, check_string_content
+from .errors import InvalidEventError
+
+
+def check_expected_version(name: str, value: object) -> None:
+    """An expected version is a plain integer >= 0 (0: the entity has no events yet)."""
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidEventError(name, f"must be an integer >= 0, got {value!r}")
+
+
+def check_expected_versions(expected_versions: object) -> None:
+    if expected_versions is None:
+        return
+    if not isinstance(expected_versions, Mapping):
+        raise InvalidEventError("expected_versions", f"must be a mapping of entity_id to version, got {type(expected_versions).__name__}")
+    for entity, version in expected_versions.items():
+        check_expected_version(f"expected_versions[{entity!r}]", version)
+
+
+def first_expected_versions(
+    events: list[EventEnvelope], expected_versions: Mapping[str, int] | None
+) -> list[int | None]:
+    """Per event, the version its entity must be at: only the batch's first event of an
+    entity carries the caller's expectation; later ones follow from the batch itself."""
+    if not expected_versions:
+        return [None] * len(events)
+    seen: set[str] = set()
+    result: list[int | None] = []
+    for event in events:
+        entity = event.entity_id
+        if entity is not None and entity in expected_versions and entity not in seen:
+            seen.add(entity)
+            result.append(expected_versions[entity])
+        else:
+            result.append(None)
+    return result
+
+
+def check_range(since: datetime | None, until: datetime | None) -> None:
+    for name, value in (("since", since), ("until", until)):
+        if value is None:
+            continue
+        if not isinstance(value, datetime):
+            raise InvalidEventError(name, f"must be a datetime, got {type(value).__name__}")
+        if value.utcoffset() is None:
+            raise InvalidEventError(name, "is naive; give it a timezone (UTC recommended)")
+
+
+def check_position(name: str, value: object, *, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidEventError(name, f"must be an integer >= 0, got {value!r}")
+
+
+def check_query(
+    event_type: str | None, correlation_id: uuid.UUID | None, payload_contains: Any, after: int, limit: int | None
+) -> None:
+    if event_type is not None:
+        if not isinstance(event_type, str):
+            raise InvalidEventError("event_type", f"must be a string, got {type(event_type).__name__}")
+        check_string_content("event_type", event_type)  # NUL or a lone surrogate: PostgreSQL cannot take it
+    if correlation_id is not None and not isinstance(correlation_id, uuid.UUID):
+        raise InvalidEventError("correlation_id", f"must be a uuid.UUID, got {type(correlation_id).__name__}")
+    if payload_contains is not None:
+        if not isinstance(payload_contains, dict):
+            raise InvalidEventError("payload_contains", f"must be a JSON object (dict), got {type(payload_contains).__name__}")
+        # The payload rules (JSON types, finite numbers, no NUL, bounded depth): the encoder would
+        # turn NaN into null and PostgreSQL refuses NUL, while a scan would just find nothing.
+        check_payload_values(payload_contains, "payload_contains")
+    check_position("after", after)
+    check_position("limit", limit, nullable=True)
+
+
+def check_entity_filter(entity_id: object) -> None:
+    if not isinstance(entity_id, str):
+        raise InvalidEventError("entity_id", f"must be a string, got {type(entity_id).__name__}")
+    check_string_content("entity_id", entity_id)
+
+
+def check_snapshot_args(name: object, position: object) -> None:
+    if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
+        raise InvalidEventError("name", "a snapshot name is 1-200 characters without NUL")
+    check_position("position", position)
+
+
+def encode_state(state: Any) -> bytes:
+    try:
+        return ENCODER.encode(state)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidEventError("state", f"cannot be encoded as JSON: {exc}") from None

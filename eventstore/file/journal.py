@@ -1,0 +1,209 @@
+"""The JSONL file journal: one envelope per line, fsynced before an append returns, concurrent
+appends sharing one fsync (group commit), one writer process at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..base import BaseEventJournal, Checked, EventQuery, Stored, not_open
+from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, EventEnvelope, Snapshot
+from ..errors import ConcurrencyError, ConfigurationError, CorruptedEventError, InvalidEventError
+from ..jsonl import LineCursor
+from .commit import GroupCommit
+from .index import JournalIndex
+from .recovery import WriteMarker, WriterLock, recover_tail
+from .scan import scan_entity, scan_query
+from .snapshots import read_snapshot_file, write_snapshot_file
+from .subscribe import file_size, follow
+
+DEFAULT_PATH = "storage/events/credits.jsonl"
+_YIELD_EVERY = 4096  # events between two yields to the event loop during a long replay
+
+
+class FileEventJournal(BaseEventJournal):
+    """Events in a JSONL file. ``read_only=True`` opens without the writer lock (for tools
+    and readers in other processes); everything else needs the lock.
+
+    ``fsync_on_loop=False`` (default) writes and fsyncs in a helper thread, so the event loop
+    never blocks on the disk; ``True`` does it on the loop: lower latency for a single writer,
+    at the price of stalling other coroutines for one fsync per group commit."""
+
+    backend = "file"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = DEFAULT_PATH,
+        *,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        read_only: bool = False,
+        fsync_on_loop: bool = False,
+    ) -> None:
+        super().__init__(max_payload_bytes=max_payload_bytes)
+        self.path = Path(path)
+        self.read_only = read_only
+        self.fsync_on_loop = fsync_on_loop
+        self.index = JournalIndex()
+        self.group_commit: GroupCommit | None = None  # the writer's; None when read-only or closed
+        self.is_open = False
+        self.corrupted_skipped = 0
+        self.torn_tail_path: Path | None = None
+        self._lock = WriterLock(self.path)
+        self._marker = WriteMarker(self.path)
+
+    def __repr__(self) -> str:
+        return f"FileEventJournal({str(self.path)!r}, read_only={self.read_only})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def initialize(self) -> None:
+        if self.is_open:
+            return
+        if self.read_only:
+            if not self.path.exists():
+                raise ConfigurationError(f"file journal {self.path} does not exist")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.take()
+        try:
+            self.index = JournalIndex()
+            await asyncio.to_thread(self._recover_and_scan)
+            if not self.read_only:
+                self.group_commit = GroupCommit(self.path, self.index, self._marker, fsync_on_loop=self.fsync_on_loop)
+                self.group_commit.open()
+        except BaseException:
+            self._release()
+            raise
+        self.is_open = True
+
+    def _recover_and_scan(self) -> None:
+        if not self.read_only and self.path.exists():
+            self.torn_tail_path = recover_tail(self.path, self._marker) or self.torn_tail_path
+        self.index.scan(self.path)
+
+    async def close(self) -> None:
+        if not self.is_open:
+            return
+        self.is_open = False  # appends are refused from here on, so the drain below is bounded
+        if self.group_commit is not None:
+            await self.group_commit.drain()  # never drop appends already staged
+        self._release()
+
+    def _release(self) -> None:
+        if self.group_commit is not None:
+            self.group_commit.close()
+            self.group_commit = None
+        self._lock.release()
+
+    # -- what readers of this journal's state use ------------------------------------------------
+
+    @property
+    def flushed(self) -> asyncio.Event | None:
+        """Set after the next durable flush (``None`` for a read-only journal: poll instead)."""
+        return self.group_commit.flushed if self.group_commit is not None else None
+
+    def durable_size(self) -> int:
+        """Bytes of the file a reader may read: the writer's durable lines, or the whole file."""
+        return self.index.size if not self.read_only else file_size(self.path)
+
+    # -- primitives ------------------------------------------------------------------------
+
+    def _check_open(self, *, writing: bool) -> None:
+        if not self.is_open:
+            raise not_open()
+        if writing and self.read_only:
+            raise ConfigurationError(f"file journal {self.path} was opened read_only")
+
+    def _known_duplicate(self, key: str) -> bool:
+        return key in self.index.keys
+
+    async def _is_stored(self, key: str) -> bool:
+        return key in self.index.keys
+
+    async def _store_one(self, event: Checked, expected_version: int | None) -> Stored:
+        results = await self._store_many([event], [expected_version])
+        return results[0]
+
+    async def _store_many(self, events: list[Checked], expected: list[int | None]) -> list[Stored]:
+        # Every check runs against the indexes as they would be after each earlier event, and
+        # nothing awaits between the checks and staging: no other append can interleave.
+        self._check_open(writing=True)
+        index = self.index
+        batch_versions: dict[str, int] = {}
+        new: list[int] = []
+        for i, ((event, _), want) in enumerate(zip(events, expected, strict=True)):
+            if event.idempotency_key in index.keys:
+                continue
+            if event.event_id.int in index.event_ints:
+                raise InvalidEventError("event_id", "already stored under a different idempotency_key")
+            entity = event.entity_id
+            if entity is not None:
+                actual = batch_versions.get(entity, index.versions.get(entity, 0))
+                if want is not None and actual != want:
+                    raise ConcurrencyError(entity, want, actual)
+                batch_versions[entity] = actual + 1
+            new.append(i)
+        results: list[Stored] = [None] * len(events)
+        if not new:
+            return results
+        commit = self.group_commit
+        if commit is None:  # not reached: _check_open(writing=True) passed
+            raise not_open()
+        for i in new:  # one flush holds them all: one write() and one fsync, all or none
+            results[i] = commit.stage(*events[i])
+        await commit.commit()
+        return results
+
+    async def _read_events(self, after: int, skip_corrupted: bool) -> AsyncIterator[EventEnvelope]:
+        if not self.path.exists():
+            return
+        limit = None if self.read_only else self.index.size
+        lines = LineCursor(self.path, *self.index.start_for(after))
+        decoder = self.index.decoder(str(self.path))
+        yielded = 0
+        for number, line in lines.lines(limit):
+            try:
+                event = decoder.decode(number, line)
+            except CorruptedEventError:
+                if not skip_corrupted:
+                    raise
+                self.corrupted_skipped += 1
+                continue
+            if event is not None and event.position > after:  # type: ignore[operator]
+                yield event
+                yielded += 1
+                if yielded % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # a long replay must not starve the event loop
+
+    def _read_entity(self, entity_id: str, since: datetime | None, until: datetime | None) -> AsyncIterator[EventEnvelope]:
+        return scan_entity(self._read_events(0, True), entity_id, since, until)
+
+    def _query_events(self, query: EventQuery) -> AsyncIterator[EventEnvelope]:
+        return scan_query(self._read_events(query.after, True), query)
+
+    def _subscribe(self, after: int) -> AsyncIterator[EventEnvelope]:
+        return follow(self, after)
+
+    @property
+    def snapshot_folder(self) -> Path:
+        return self.path.with_name(self.path.name + ".snapshots")
+
+    async def _save_snapshot(self, name: str, position: int, state_json: bytes) -> None:
+        await asyncio.to_thread(write_snapshot_file, self.snapshot_folder, name, position, state_json)
+
+    async def _load_snapshot(self, name: str) -> Snapshot | None:
+        return await asyncio.to_thread(read_snapshot_file, self.snapshot_folder, name)
+
+    def _metrics(self) -> dict[str, Any]:
+        return {
+            "total_events": self.index.events,
+            "corrupted_skipped": self.corrupted_skipped,
+            "corrupted_lines_at_open": self.index.corrupt_lines,
+            "fsyncs": self.group_commit.flushes if self.group_commit is not None else 0,
+            "path": str(self.path),
+            "read_only": self.read_only,
+        }

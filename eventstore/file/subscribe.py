@@ -1,0 +1,54 @@
+"""File subscriptions: read the durable lines after the last one read, then wait for the writer's
+next flush (in the writer's process) or poll the file's size (a read-only journal elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from ..envelope import EventEnvelope
+from ..errors import CorruptedEventError
+from ..jsonl import LineCursor
+
+if TYPE_CHECKING:
+    from .journal import FileEventJournal
+
+POLL_INTERVAL = 0.1  # seconds: how often a read-only subscriber looks at the file size
+
+
+async def follow(journal: FileEventJournal, after: int) -> AsyncIterator[EventEnvelope]:
+    cursor = after  # every position <= cursor has been delivered or never will exist
+    lines = LineCursor(journal.path)
+    decoder = journal.index.decoder(str(journal.path))
+    stalled_at = -1  # a size at which only an incomplete line was left to read
+    while journal.is_open:
+        flushed = journal.flushed  # taken before reading: a flush after this point wakes us
+        limit = journal.durable_size()
+        if limit < lines.offset:  # the writer cut a torn tail we had passed: read again, positions dedupe
+            lines = LineCursor(journal.path)
+            decoder.restart()
+        if limit > lines.offset and limit != stalled_at:
+            for number, line in lines.lines(limit):
+                try:
+                    event = decoder.decode(number, line)
+                except CorruptedEventError:
+                    journal.corrupted_skipped += 1
+                    continue
+                if event is not None and event.position > cursor:  # type: ignore[operator]
+                    cursor = event.position  # type: ignore[assignment]
+                    yield event
+            stalled_at = limit if lines.offset < limit else -1
+            continue  # look again before sleeping: more may have been flushed meanwhile
+        if flushed is None:
+            await asyncio.sleep(POLL_INTERVAL)
+        else:
+            await flushed.wait()
+
+
+def file_size(path: os.PathLike[str]) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

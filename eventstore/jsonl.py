@@ -1,0 +1,138 @@
+"""The JSONL journal format, read one way by everyone: the file journal's recovery scan and its
+reads, read-only journals, file subscriptions, and the importer.
+
+A journal file is one envelope per line. Lines written by older tools may lack ``position``,
+``entity_version`` or ``entity_id``; :class:`LineDecoder` fills them in. A line that repeats an
+earlier position or idempotency key is skipped: the first occurrence wins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from .envelope import ENVELOPE_DECODER, EventEnvelope
+from .errors import CorruptedEventError
+
+CHUNK = 1 << 20
+
+
+class LineCursor:
+    """Complete lines of a file from a byte offset on. ``offset`` and ``number`` always point past
+    the last line yielded, so a reader can stop at any line and carry on later (a subscription
+    does, as the writer appends). An incomplete last line (no newline yet) is never yielded."""
+
+    __slots__ = ("path", "offset", "number")
+
+    def __init__(self, path: str | os.PathLike[str], offset: int = 0, number: int = 0) -> None:
+        self.path = path
+        self.offset = offset
+        self.number = number  # line number of the last line yielded (1-based)
+
+    def lines(self, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """``(line_number, line)`` for each complete line between ``offset`` and byte ``limit``."""
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            remaining = None if limit is None else limit - self.offset
+            rest = b""
+            while remaining is None or remaining > 0:
+                chunk = handle.read(CHUNK if remaining is None else min(CHUNK, remaining))
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    self.number += 1
+                    self.offset += len(line) + 1
+                    yield self.number, line
+
+
+def has_top_level_entity_field(line: bytes) -> bool:
+    """Whether the line itself carries ``"entity_id"`` (this journal writes it before the payload)."""
+    field = line.find(b'"entity_id":')
+    return field != -1 and field < line.find(b'"payload":')
+
+
+class LineDecoder:
+    """Lines to events, with the rules every reader of the format shares.
+
+    ``decode`` raises :class:`CorruptedEventError` (naming the line) for a line that is not an
+    envelope, and returns ``None`` for a line to skip: one listed in ``skip_lines`` (found repeated
+    by the writer's scan) or one that repeats an earlier position or idempotency key. Keys are
+    remembered only with ``keys`` given (the importer passes a set of hashes via ``hash_keys``).
+    """
+
+    __slots__ = ("where", "legacy", "skip_lines", "keys", "hash_keys", "last_position", "versions", "completed")
+
+    def __init__(
+        self,
+        where: str,
+        *,
+        legacy: bool = True,
+        skip_lines: set[int] | frozenset[int] = frozenset(),
+        keys: set[Any] | None = None,
+        hash_keys: bool = False,
+    ) -> None:
+        self.where = where
+        self.legacy = legacy  # False when every line is known to carry its own position and version
+        self.skip_lines = skip_lines
+        self.keys = keys
+        self.hash_keys = hash_keys
+        self.last_position = 0
+        self.versions: dict[str, int] = {}  # filled only while completing legacy lines
+        self.completed = False  # whether some line lacked a store-set field
+
+    def restart(self) -> None:
+        """Read from the first line again (the writer cut a torn tail the reader had passed)."""
+        self.last_position = 0
+        self.versions.clear()
+
+    def decode(self, number: int, line: bytes) -> EventEnvelope | None:
+        try:
+            event = ENVELOPE_DECODER.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise CorruptedEventError(f"{self.where}:{number}", str(exc)) from None
+        if number in self.skip_lines:
+            return None
+        if self.legacy or event.position is None:
+            completed = complete_line(event, line, self.last_position, self.versions)
+            if completed is not event:
+                self.completed = True
+                event = completed
+        position: int = event.position  # type: ignore[assignment]  # complete_line set it
+        if position <= self.last_position:
+            return None
+        if self.keys is not None:
+            key: Any = hash(event.idempotency_key) if self.hash_keys else event.idempotency_key
+            if key in self.keys:
+                return None
+            self.keys.add(key)
+        self.last_position = position
+        if self.legacy and event.entity_id is not None and event.entity_version is not None:
+            self.versions[event.entity_id] = event.entity_version
+        return event
+
+
+def complete_line(event: EventEnvelope, line: bytes, last_position: int, versions: dict[str, int]) -> EventEnvelope:
+    """Fill in what lines from older tools leave out: the next position, the entity from
+    ``payload["entity_id"]`` when the line has no ``entity_id`` field, the entity's next version."""
+    changes: dict[str, Any] = {}
+    if event.position is None:
+        changes["position"] = last_position + 1
+    entity = event.entity_id
+    if entity is None:
+        candidate = event.payload.get("entity_id")
+        # Only when the field is absent: an explicit "entity_id":null stays null.
+        if isinstance(candidate, str) and not has_top_level_entity_field(line):
+            entity = changes["entity_id"] = candidate
+    if entity is not None and event.entity_version is None:
+        changes["entity_version"] = versions.get(entity, 0) + 1
+    if not changes:
+        return event
+    return msgspec.structs.replace(event, **changes)
+

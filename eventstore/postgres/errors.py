@@ -1,0 +1,99 @@
+"""The one map from driver and server errors to eventstore's errors, used by the journal, its
+subscriptions, the schema commands, import/export/verify and the CLI. Messages name the server
+(``host:port/database``) and never contain the password."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import asyncpg
+
+from ..dsn import DatabaseURL
+from ..errors import (
+    ConcurrencyError,
+    DatabaseUnavailableError,
+    EventStoreError,
+    InvalidEventError,
+    PermissionDeniedError,
+    SchemaNotReadyError,
+)
+
+CONFLICT_SQLSTATE = "ES409"  # raised by credit_events_append; DETAIL is the entity's actual version
+EVENT_ID_KEY = "credit_events_event_id_key"
+IDEMPOTENCY_KEY_KEY = "credit_events_idempotency_key_key"
+ENTITY_VERSION_KEY = "credit_events_entity_version_key"
+
+# Errors that mean "the server or the connection is gone", as opposed to "the query is wrong".
+UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+    # A server that terminated an idle connection can leave asyncpg's protocol out of step.
+    asyncpg.InternalClientError,
+)
+
+
+class ErrorMap:
+    """Errors of one server and schema."""
+
+    def __init__(self, url: DatabaseURL, schema: str) -> None:
+        self.url = url
+        self.schema = schema
+
+    def unavailable(self, exc: BaseException, doing: str = "is unavailable") -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(f"PostgreSQL at {self.url.where} {doing}: {self.url.describe(exc)}")
+
+    def denied(self, exc: BaseException, action: str, needs: str) -> PermissionDeniedError:
+        role = self.url.parts.username or "the connecting role"
+        return PermissionDeniedError(
+            f"role {role!r} may not {action} at {self.url.where} (schema {self.schema!r}): {self.url.describe(exc)}; "
+            f"grant it membership of {needs} (docs/operations.md)"
+        )
+
+    def schema_not_ready(self, detail: str) -> SchemaNotReadyError:
+        return SchemaNotReadyError(
+            f"the eventstore schema {detail}: run `eventstore schema upgrade --database-url ...` "
+            f"(schema {self.schema!r} at {self.url.where})"
+        )
+
+    def translate(self, exc: BaseException, action: str, needs: str) -> EventStoreError | None:
+        """The eventstore error for ``exc`` raised while trying to ``action``, or ``None`` when it
+        is not a database error (a bug to let through)."""
+        if isinstance(exc, EventStoreError):
+            return exc
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            return DatabaseUnavailableError(f"database {self.url.database!r} does not exist at {self.url.where}")
+        if isinstance(exc, (*UNAVAILABLE, asyncpg.InvalidAuthorizationSpecificationError)):
+            return self.unavailable(exc)
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            return self.denied(exc, action, needs)
+        if isinstance(exc, asyncpg.UndefinedFunctionError | asyncpg.UndefinedTableError):
+            return self.schema_not_ready(f"is missing or behind ({self.url.describe(exc)})")
+        if isinstance(exc, asyncpg.PostgresError):
+            return EventStoreError(f"PostgreSQL at {self.url.where} refused to {action} ({type(exc).__name__}): {self.url.describe(exc)}")
+        return None
+
+    def append_error(self, exc: asyncpg.PostgresError, entity_id: str | None, expected: int | None) -> BaseException:
+        if exc.sqlstate == CONFLICT_SQLSTATE:
+            actual = int(getattr(exc, "detail", None) or "0")
+            return ConcurrencyError(conflict_entity(exc) if entity_id is None else entity_id,
+                                    expected if expected is not None else -1, actual)
+        if isinstance(exc, asyncpg.UniqueViolationError):
+            if exc.constraint_name == EVENT_ID_KEY:
+                return InvalidEventError("event_id", "already stored under a different idempotency_key")
+            if exc.constraint_name == ENTITY_VERSION_KEY:
+                return ConcurrencyError(entity_id, expected if expected is not None else -1, -1)
+        return self.translate(exc, "append to credit_events", "eventstore_writer") or exc
+
+
+def conflict_entity(exc: asyncpg.PostgresError) -> str | None:
+    """The entity named by credit_events_append's conflict message."""
+    match = re.search(r"concurrency conflict on entity (.*): expected version", str(exc))
+    return None if match is None or match.group(1) == "<NULL>" else match.group(1)

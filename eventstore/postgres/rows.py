@@ -1,0 +1,74 @@
+"""Events ↔ rows: the one place that knows the column order of ``sql/*.sql``'s event SELECTs and
+of the append and import parameters, and the binary jsonb codec every connection gets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC
+from typing import Any
+
+import asyncpg
+
+from ..envelope import PAYLOAD_DECODER, EventEnvelope
+
+# Column order of every event SELECT in sql/*.sql:
+#   id, event_id, event_type, entity_id, payload, actor_id, correlation_id, causation_id,
+#   idempotency_key, schema_version, "timestamp", entity_version
+POSITION, IDEMPOTENCY_KEY, ENTITY_VERSION = 0, 8, 11
+
+
+def row_to_event(row: asyncpg.Record) -> EventEnvelope:
+    timestamp = row[10]
+    if timestamp.tzinfo is None:
+        # asyncpg sends datetime.min/max in UTC as -infinity/infinity and decodes those back as
+        # *naive* datetime.min/max: give them their zone back, so they round-trip like any instant.
+        timestamp = timestamp.replace(tzinfo=UTC)
+    return EventEnvelope(
+        position=row[0],
+        event_id=row[1],
+        event_type=row[2],
+        entity_id=row[3],
+        payload=row[4],
+        actor_id=row[5],
+        correlation_id=row[6],
+        causation_id=row[7],
+        idempotency_key=row[8],
+        schema_version=row[9],
+        timestamp=timestamp,
+        entity_version=row[11],
+    )
+
+
+def event_params(event: EventEnvelope, payload_json: bytes, last: Any) -> tuple[Any, ...]:
+    """Parameters of ``append_event`` (``last``: the expected version)."""
+    return (
+        event.event_id, event.idempotency_key, event.event_type, event.schema_version, event.timestamp,
+        event.actor_id, event.correlation_id, event.causation_id, payload_json, event.entity_id, last,
+    )
+
+
+def batch_params(events: Sequence[EventEnvelope], payloads: Sequence[bytes], last: Sequence[Any]) -> tuple[list[Any], ...]:
+    """Parameters of ``append_events`` and ``import_batch``, one array per column (``last``: the
+    expected versions, or the versions to store)."""
+    return (
+        [e.event_id for e in events], [e.idempotency_key for e in events], [e.event_type for e in events],
+        [e.schema_version for e in events], [e.timestamp for e in events], [e.actor_id for e in events],
+        [e.correlation_id for e in events], [e.causation_id for e in events], list(payloads),
+        [e.entity_id for e in events], list(last),
+    )
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    # Byte 0 is the jsonb format version. Slicing copies, which beats a memoryview for the
+    # small payloads events carry; big ones are decoded in place.
+    return PAYLOAD_DECODER.decode(data[1:] if len(data) < 4096 else memoryview(data)[1:])
+
+
+def _encode_jsonb(data: bytes) -> bytes:
+    # Values reach the codec already encoded by msgspec (validate_event encodes each payload once).
+    return b"\x01" + data
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Binary jsonb through msgspec, on every connection (pooled, dedicated, tools)."""
+    await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary")

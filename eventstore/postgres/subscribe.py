@@ -1,0 +1,105 @@
+"""PostgreSQL subscriptions: catch up from a position, then follow new events, never skipping or
+repeating one. Each step takes the fence of docs/ordering.md on a dedicated connection that
+LISTENs for the journal's wake-ups (a pooled one would keep the LISTEN after release)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from ..envelope import EventEnvelope
+from ..errors import DatabaseUnavailableError
+from .connections import Connections, connect, terminate
+from .errors import UNAVAILABLE
+from .notifier import CHANNEL
+from .queries import QUERIES
+from .rows import row_to_event
+
+log = logging.getLogger("eventstore.subscriptions")
+
+FALLBACK_POLL = 1.0  # seconds: wakes a subscriber even when no notification arrives
+FENCE_WAIT_MS = 100  # server-side wait for in-flight commits per fence call
+RECONNECT_ATTEMPTS = 5
+
+_MARK_SQL: str = QUERIES.subscription_fence_mark.sql
+_WAIT_SQL: str = QUERIES.subscription_fence_wait.sql
+_PAGE_SQL: str = QUERIES.subscription_page.sql
+
+
+async def follow(connections: Connections, after: int, page_size: int) -> AsyncIterator[EventEnvelope]:
+    wake = asyncio.Event()
+    cursor = after  # every position <= cursor has been delivered or never will exist
+    conn: asyncpg.Connection | None = None
+    try:
+        while True:
+            if conn is None:
+                conn = await _listen(connections, wake)
+            wake.clear()
+            try:
+                high_water, marker = await conn.fetchrow(_MARK_SQL, cursor)
+                while marker is not None and not await conn.fetchval(_WAIT_SQL, marker, FENCE_WAIT_MS):
+                    pass  # a transaction in flight outlasts the wait: keep waiting (delayed, never skipped)
+                while cursor < high_water:
+                    rows = await conn.fetch(_PAGE_SQL, cursor, high_water, page_size)
+                    for row in rows:
+                        cursor = row[0]
+                        yield row_to_event(row)
+                    if len(rows) < page_size:
+                        cursor = high_water  # the rest of the range are burned ids (ON CONFLICT)
+            except asyncpg.InsufficientPrivilegeError as exc:
+                raise connections.errors.denied(exc, "subscribe", "eventstore_reader or eventstore_writer") from None
+            except UNAVAILABLE as exc:
+                if connections.pool is None:
+                    return  # the journal was closed under us
+                log.warning("subscription connection lost (%s); reconnecting", type(exc).__name__)
+                connections.listeners.pop(conn, None)
+                terminate(conn)
+                conn = None
+                continue
+            if connections.pool is None:
+                return
+            if not wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), FALLBACK_POLL)
+    finally:
+        if conn is not None:
+            connections.listeners.pop(conn, None)
+            await _close_quietly(conn)
+
+
+async def _listen(connections: Connections, wake: asyncio.Event) -> asyncpg.Connection:
+    """A dedicated connection listening on the journal's channel, with retries."""
+    delay = 0.1
+    for attempt in range(1, RECONNECT_ATTEMPTS + 1):
+        if connections.pool is None:
+            raise DatabaseUnavailableError("the journal was closed")
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await connect(connections.errors, connections.options("eventstore-subscription"))
+            await conn.add_listener(CHANNEL, lambda *_: wake.set())
+        except (DatabaseUnavailableError, *UNAVAILABLE) as exc:  # lost between connecting and listening: a failed attempt too
+            if conn is not None:
+                terminate(conn)
+            if attempt == RECONNECT_ATTEMPTS:
+                raise (exc if isinstance(exc, DatabaseUnavailableError) else connections.errors.unavailable(exc)) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        except BaseException:
+            if conn is not None:
+                terminate(conn)
+            raise
+        connections.listeners[conn] = wake
+        return conn
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+async def _close_quietly(conn: asyncpg.Connection) -> None:
+    try:
+        await asyncio.shield(conn.close(timeout=2))
+    except BaseException:  # cancelled or the server is gone: drop the socket
+        conn.terminate()
