@@ -41,8 +41,10 @@ bench: venv postgres
 bench-quick: venv postgres
 	$(BIN)/python bench/run_all.py --quick
 
+# ruff, and the import-linter contracts of pyproject.toml (layers, no cycles, asyncpg only in postgres/).
 lint: venv
 	$(BIN)/ruff check eventstore tests bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build dist storage .pytest_cache

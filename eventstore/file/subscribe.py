@@ -6,19 +6,32 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from ..envelope import EventEnvelope
 from ..errors import CorruptedEventError
 from ..jsonl import LineCursor
-
-if TYPE_CHECKING:
-    from .journal import FileEventJournal
+from .index import JournalIndex
 
 POLL_INTERVAL = 0.1  # seconds: how often a read-only subscriber looks at the file size
 
 
-async def follow(journal: FileEventJournal, after: int) -> AsyncIterator[EventEnvelope]:
+class Followed(Protocol):
+    """What a subscription reads of the file journal it follows."""
+
+    path: Path
+    index: JournalIndex
+    is_open: bool
+    corrupted_skipped: int
+
+    @property
+    def flushed(self) -> asyncio.Event | None: ...
+
+    def durable_size(self) -> int: ...
+
+
+async def follow(journal: Followed, after: int) -> AsyncIterator[EventEnvelope]:
     cursor = after  # every position <= cursor has been delivered or never will exist
     lines = LineCursor(journal.path)
     decoder = journal.index.decoder(str(journal.path))

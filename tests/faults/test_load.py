@@ -5,26 +5,10 @@ events after its start, once each, in order, and no append failed. Speed is repo
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
-from pathlib import Path
 
+import load  # bench/load.py: bench/ is on the test path (pyproject: [tool.pytest.ini_options] pythonpath)
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _load_module():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))  # bench/load.py imports bench/common.py as `common`
-    spec = importlib.util.spec_from_file_location("bench_load", BENCH / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-load = _load_module()
 
 
 def _report(result: dict) -> str:

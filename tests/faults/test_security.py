@@ -237,10 +237,8 @@ def _privileges(url: str) -> dict[str, bool]:
 def _rollback_only(url: str, migration_id: str) -> None:
     from yoyo import get_backend, read_migrations
 
-    from eventstore._resources import migrations_dir
-
     backend = get_backend(url.replace("postgresql://", "postgresql+psycopg://", 1) + "?schema=public")
-    migrations = read_migrations(str(migrations_dir()))
+    migrations = read_migrations(str(Path(__file__).resolve().parents[2] / "migrations"))
     with backend.lock():
         target = [m for m in backend.to_rollback(migrations) if m.id == migration_id]
         assert len(target) == 1
