@@ -156,7 +156,7 @@ async def machine_facts(temp_dir: str | None = None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "asyncpg": asyncpg.__version__,
         "msgspec": msgspec.__version__,
-        "file_sync": "os.write + os.fdatasync (FileEventJournal._write_durably)",
+        "file_sync": "os.write + os.fdatasync (the file journal's group commit write)",
         "utc": datetime.now(UTC).isoformat(timespec="seconds"),
         # Other work on the host shows up here: the numbers are noisier when it is above 0.
         "loadavg_1_5_15_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),

@@ -215,6 +215,28 @@ async def test_membership_revoked_under_a_live_journal_gives_clear_errors(databa
     assert await fetchval(database_url, "SELECT count(*) FROM credit_events") == 1
 
 
+async def test_import_export_verify_as_a_reader_member(database_url, member, tmp_path):
+    """The tools share the journal's error map: a refused privilege is PermissionDeniedError naming
+    the group to join, in the API and as one line (exit 1) from the CLI; reading tools work."""
+    from eventstore.postgres.file_export import export_to_file
+    from eventstore.postgres.file_import import import_file
+    from eventstore.postgres.file_verify import verify_file
+
+    path = tmp_path / "credits.jsonl"
+    async with FileEventJournal(path) as journal:
+        await journal.append_events([event(entity_id="a"), event(entity_id="a")])
+    url = await member("eventstore_reader")
+    with pytest.raises(PermissionDeniedError, match="may not import into credit_events.*eventstore_writer"):
+        await import_file(path, url)
+    run = subprocess.run([sys.executable, "-m", "eventstore", "import", str(path), "--database-url", url],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 1 and "eventstore_writer" in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert await fetchval(database_url, "SELECT count(*) FROM credit_events") == 0
+    assert not (await verify_file(path, url)).ok  # reading is allowed: the events are missing
+    assert await export_to_file(url, tmp_path / "back.jsonl") == 0
+
+
 # -- the rollback of 0004 --------------------------------------------------------------------
 
 
