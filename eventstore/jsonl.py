@@ -18,25 +18,30 @@ from .envelope import ENVELOPE_DECODER, EventEnvelope
 from .errors import CorruptedEventError
 
 CHUNK = 1 << 20
+_decode = ENVELOPE_DECODER.decode
 
 
 class LineCursor:
-    """Complete lines of a file from a byte offset on. ``offset`` and ``number`` always point past
-    the last line yielded, so a reader can stop at any line and carry on later (a subscription
-    does, as the writer appends). An incomplete last line (no newline yet) is never yielded."""
+    """Complete lines of a file from a byte offset on. After each chunk of lines read, ``offset``
+    and ``number`` point past its last complete line, so a reader that read to the end can carry
+    on later from there (a subscription does, as the writer appends); one that stopped part-way
+    resumes at most one chunk early. An incomplete last line (no newline yet) is never yielded."""
 
     __slots__ = ("path", "offset", "number")
 
     def __init__(self, path: str | os.PathLike[str], offset: int = 0, number: int = 0) -> None:
         self.path = path
         self.offset = offset
-        self.number = number  # line number of the last line yielded (1-based)
+        self.number = number  # line number of the last line read (1-based)
 
     def lines(self, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
         """``(line_number, line)`` for each complete line between ``offset`` and byte ``limit``."""
+        start = self.offset
+        number = self.number
         with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            remaining = None if limit is None else limit - self.offset
+            handle.seek(start)
+            remaining = None if limit is None else limit - start
+            consumed = 0  # bytes read so far, the incomplete rest excluded
             rest = b""
             while remaining is None or remaining > 0:
                 chunk = handle.read(CHUNK if remaining is None else min(CHUNK, remaining))
@@ -46,10 +51,13 @@ class LineCursor:
                     remaining -= len(chunk)
                 lines = (rest + chunk).split(b"\n")
                 rest = lines.pop()
+                consumed += len(chunk)
                 for line in lines:
-                    self.number += 1
-                    self.offset += len(line) + 1
-                    yield self.number, line
+                    number += 1
+                    yield number, line
+                # Per chunk, not per line: the hot replay loop does no bookkeeping of its own.
+                self.offset = start + consumed - len(rest)
+                self.number = number
 
 
 def has_top_level_entity_field(line: bytes) -> bool:
@@ -94,25 +102,26 @@ class LineDecoder:
 
     def decode(self, number: int, line: bytes) -> EventEnvelope | None:
         try:
-            event = ENVELOPE_DECODER.decode(line)
+            event = _decode(line)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise CorruptedEventError(f"{self.where}:{number}", str(exc)) from None
         if number in self.skip_lines:
             return None
-        if self.legacy or event.position is None:
+        position = event.position
+        if position is None or self.legacy:
             completed = complete_line(event, line, self.last_position, self.versions)
             if completed is not event:
                 self.completed = True
                 event = completed
-        position: int = event.position  # type: ignore[assignment]  # complete_line set it
-        if position <= self.last_position:
+                position = event.position
+        if position <= self.last_position:  # type: ignore[operator]  # complete_line set it
             return None
         if self.keys is not None:
             key: Any = hash(event.idempotency_key) if self.hash_keys else event.idempotency_key
             if key in self.keys:
                 return None
             self.keys.add(key)
-        self.last_position = position
+        self.last_position = position  # type: ignore[assignment]
         if self.legacy and event.entity_id is not None and event.entity_version is not None:
             self.versions[event.entity_id] = event.entity_version
         return event

@@ -36,9 +36,11 @@ class JournalIndex:
         size = path.stat().st_size
         cursor = LineCursor(path)
         decoder = LineDecoder(str(path), keys=self.keys)
+        offset = 0
         for number, line in cursor.lines(size):
             if number % SEEK_EVERY == 0:
-                self.seeks.append((decoder.last_position, cursor.offset - len(line) - 1, number))
+                self.seeks.append((decoder.last_position, offset, number))
+            offset += len(line) + 1
             try:
                 event = decoder.decode(number, line)
             except CorruptedEventError:

@@ -113,7 +113,7 @@ class JournalFileReader:
         lines = LineCursor(self.path)
         decoder = LineDecoder(str(self.path), keys=self.key_hashes, hash_keys=True)
         for number, line in lines.lines(self.size):
-            self.bytes_read = lines.offset
+            self.bytes_read += len(line) + 1
             try:
                 event = decoder.decode(number, line)
             except CorruptedEventError as exc:
