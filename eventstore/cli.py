@@ -34,7 +34,8 @@ def _add_database_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=["file", "postgres"], default=None,
-                        help="journal backend (default: $EVENT_JOURNAL_BACKEND, then file)")
+                        help="journal backend (default: postgres when --database-url is given, "
+                             "else $EVENT_JOURNAL_BACKEND, then file)")
     parser.add_argument("--path", default=None, help="file journal path (default: $EVENT_JOURNAL_PATH)")
     _add_database_flags(parser)
 

@@ -80,6 +80,26 @@ class ErrorMap:
             return EventStoreError(f"PostgreSQL at {self.url.where} refused to {action} ({type(exc).__name__}): {self.url.describe(exc)}")
         return None
 
+    def cannot_connect(self, exc: BaseException) -> DatabaseUnavailableError:
+        """psycopg (the schema commands' driver) could not connect: libpq's reason is its last line."""
+        lines = str(exc).strip().splitlines()
+        return DatabaseUnavailableError(
+            f"cannot reach PostgreSQL at {self.url.where}: {self.url.scrub(lines[-1]) if lines else type(exc).__name__}"
+        )
+
+    def migration_failed(self, exc: BaseException, action: str) -> EventStoreError:
+        """A migration the server refused (psycopg, through yoyo), or a lost connection."""
+        import psycopg  # the schema commands' driver: loaded only by them
+
+        diag = getattr(exc, "diag", None)
+        primary = getattr(diag, "message_primary", None)
+        message = self.url.scrub(primary) if primary else self.url.describe(exc)
+        hint = getattr(diag, "message_hint", None)
+        text = f"schema {action} failed at {self.url.where}: {message}" + (f" (hint: {self.url.scrub(hint)})" if hint else "")
+        if isinstance(exc, psycopg.OperationalError):
+            return DatabaseUnavailableError(text)
+        return EventStoreError(text)
+
     def append_error(self, exc: asyncpg.PostgresError, entity_id: str | None, expected: int | None) -> BaseException:
         if exc.sqlstate == CONFLICT_SQLSTATE:
             actual = int(getattr(exc, "detail", None) or "0")

@@ -10,7 +10,7 @@ import asyncpg
 
 from .._resources import migrations_dir, shipped_migration_ids
 from ..dsn import DatabaseURL, parse_database_url
-from ..errors import ConfigurationError, DatabaseUnavailableError, EventStoreError
+from ..errors import ConfigurationError
 from .errors import ErrorMap
 from .queries import QUERIES
 
@@ -52,29 +52,9 @@ def _backend(url: DatabaseURL, schema: str):  # type: ignore[no-untyped-def]
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         return get_backend(url.yoyo_url(schema))
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailableError(f"cannot reach PostgreSQL at {url.where}: {_last_line(url, exc)}") from None
+        raise ErrorMap(url, schema).cannot_connect(exc) from None
     except psycopg.Error as exc:  # e.g. a URL libpq refuses: its message may quote the password
         raise ConfigurationError(f"PostgreSQL at {url.where}: {type(exc).__name__} for this URL") from None
-
-
-def _failed(url: DatabaseURL, action: str, exc: Exception) -> EventStoreError:
-    """A migration the server refused (or a lost connection) as one clear line, without the password."""
-    import psycopg
-
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None)
-    message = url.scrub(primary) if primary else url.describe(exc)
-    hint = getattr(diag, "message_hint", None)
-    text = f"schema {action} failed at {url.where}: {message}" + (f" (hint: {url.scrub(hint)})" if hint else "")
-    if isinstance(exc, psycopg.OperationalError):
-        return DatabaseUnavailableError(text)
-    return EventStoreError(text)
-
-
-def _last_line(url: DatabaseURL, exc: Exception) -> str:
-    # libpq puts the reason for a failed connection on its last line.
-    lines = str(exc).strip().splitlines()
-    return url.scrub(lines[-1]) if lines else type(exc).__name__
 
 
 def _migrations():  # type: ignore[no-untyped-def]
@@ -97,32 +77,33 @@ def _target(database_url: str | DatabaseURL, schema: str | None) -> tuple[Databa
     return url, check_schema_name(schema or url.schema or "public")
 
 
-def upgrade_schema(database_url: str | DatabaseURL, schema: str | None = None) -> list[str]:
-    """Apply every pending migration; return the ids applied (empty when already current)."""
+def _migrate(database_url: str | DatabaseURL, schema: str | None, action: str) -> list[str]:
+    """Apply the pending migrations (``upgrade``) or roll back the applied ones (``downgrade``)
+    under yoyo's lock; return the ids moved."""
     url, schema = _target(database_url, schema)
     backend = _backend(url, schema)
     migrations = _migrations()
     try:
         with backend.lock():
-            pending = backend.to_apply(migrations)
-            backend.apply_migrations(pending)
+            if action == "upgrade":
+                moved = backend.to_apply(migrations)
+                backend.apply_migrations(moved)
+            else:
+                moved = backend.to_rollback(migrations)
+                backend.rollback_migrations(moved)
     except _psycopg_error() as exc:
-        raise _failed(url, "upgrade", exc) from None
-    return [m.id for m in pending]
+        raise ErrorMap(url, schema).migration_failed(exc, action) from None
+    return [m.id for m in moved]
+
+
+def upgrade_schema(database_url: str | DatabaseURL, schema: str | None = None) -> list[str]:
+    """Apply every pending migration; return the ids applied (empty when already current)."""
+    return _migrate(database_url, schema, "upgrade")
 
 
 def downgrade_schema(database_url: str | DatabaseURL, schema: str | None = None) -> list[str]:
     """Roll back every applied migration (destroys the event history); return the ids rolled back."""
-    url, schema = _target(database_url, schema)
-    backend = _backend(url, schema)
-    migrations = _migrations()
-    try:
-        with backend.lock():
-            applied = backend.to_rollback(migrations)
-            backend.rollback_migrations(applied)
-    except _psycopg_error() as exc:
-        raise _failed(url, "downgrade", exc) from None
-    return [m.id for m in applied]
+    return _migrate(database_url, schema, "downgrade")
 
 
 def schema_status(database_url: str | DatabaseURL, schema: str | None = None) -> list[MigrationState]:
