@@ -47,8 +47,8 @@ class ErrorMap:
         self.url = url
         self.schema = schema
 
-    def unavailable(self, exc: BaseException, doing: str = "is unavailable") -> DatabaseUnavailableError:
-        return DatabaseUnavailableError(f"PostgreSQL at {self.url.where} {doing}: {self.url.describe(exc)}")
+    def unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(f"PostgreSQL at {self.url.where} is unavailable: {self.url.describe(exc)}")
 
     def denied(self, exc: BaseException, action: str, needs: str) -> PermissionDeniedError:
         role = self.url.parts.username or "the connecting role"
