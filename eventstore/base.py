@@ -16,10 +16,9 @@ from typing import Any
 import msgspec
 
 from .checks import (
+    check_count,
     check_entity_filter,
-    check_expected_version,
     check_expected_versions,
-    check_position,
     check_query,
     check_range,
     check_snapshot_args,
@@ -34,7 +33,7 @@ Checked = tuple[EventEnvelope, bytes]
 #: Where a stored event landed: (position, entity_version). ``None`` for a duplicate.
 Stored = tuple[int, int | None] | None
 
-NOT_OPEN = "the journal is not open (use `async with journal:` or `await journal.initialize()`; a closed journal stays closed)"
+NOT_OPEN = "the journal is not open (use `async with journal:` or `await journal.initialize()`)"
 
 
 class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,7 +72,7 @@ class BaseEventJournal(abc.ABC):
         ``idempotency_key`` is already stored (nothing written). With ``expected_version=N``
         the entity must be at version N (0 = no events), else :class:`ConcurrencyError`."""
         event, payload_json = validate_event(event, self.max_payload_bytes)
-        check_expected_version("expected_version", expected_version)
+        check_count("expected_version", expected_version, nullable=True)
         self._check_open(writing=True)
         key = event.idempotency_key
         if self._known_duplicate(key):
@@ -118,7 +117,7 @@ class BaseEventJournal(abc.ABC):
 
     def read_events(self, *, after: int = 0, skip_corrupted: bool = True) -> AsyncIterator[EventEnvelope]:
         """Every event with ``position > after``, in position order, in bounded memory."""
-        check_position("after", after)
+        check_count("after", after)
         self._check_open(writing=False)
         return self._read_events(after, skip_corrupted)
 
@@ -154,7 +153,7 @@ class BaseEventJournal(abc.ABC):
 
     def subscribe(self, *, after: int = 0) -> AsyncIterator[EventEnvelope]:
         """Every event after ``after``, then each new one as it is stored; never skips or repeats."""
-        check_position("after", after)
+        check_count("after", after)
         self._check_open(writing=False)
         return self._subscribe(after)
 

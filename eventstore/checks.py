@@ -12,9 +12,9 @@ from .envelope import ENCODER, EventEnvelope, check_payload_values, check_string
 from .errors import InvalidEventError
 
 
-def check_expected_version(name: str, value: object) -> None:
-    """An expected version is a plain integer >= 0 (0: the entity has no events yet)."""
-    if value is None:
+def check_count(name: str, value: object, *, nullable: bool = False) -> None:
+    """A position, version or limit: a plain integer >= 0 (an expected version of 0: no events yet)."""
+    if value is None and nullable:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidEventError(name, f"must be an integer >= 0, got {value!r}")
@@ -26,7 +26,7 @@ def check_expected_versions(expected_versions: object) -> None:
     if not isinstance(expected_versions, Mapping):
         raise InvalidEventError("expected_versions", f"must be a mapping of entity_id to version, got {type(expected_versions).__name__}")
     for entity, version in expected_versions.items():
-        check_expected_version(f"expected_versions[{entity!r}]", version)
+        check_count(f"expected_versions[{entity!r}]", version, nullable=True)
 
 
 def first_expected_versions(
@@ -58,13 +58,6 @@ def check_range(since: datetime | None, until: datetime | None) -> None:
             raise InvalidEventError(name, "is naive; give it a timezone (UTC recommended)")
 
 
-def check_position(name: str, value: object, *, nullable: bool = False) -> None:
-    if value is None and nullable:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidEventError(name, f"must be an integer >= 0, got {value!r}")
-
-
 def check_query(
     event_type: str | None, correlation_id: uuid.UUID | None, payload_contains: Any, after: int, limit: int | None
 ) -> None:
@@ -80,8 +73,8 @@ def check_query(
         # The payload rules (JSON types, finite numbers, no NUL, bounded depth): the encoder would
         # turn NaN into null and PostgreSQL refuses NUL, while a scan would just find nothing.
         check_payload_values(payload_contains, "payload_contains")
-    check_position("after", after)
-    check_position("limit", limit, nullable=True)
+    check_count("after", after)
+    check_count("limit", limit, nullable=True)
 
 
 def check_entity_filter(entity_id: object) -> None:
@@ -93,7 +86,7 @@ def check_entity_filter(entity_id: object) -> None:
 def check_snapshot_args(name: object, position: object) -> None:
     if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
         raise InvalidEventError("name", "a snapshot name is 1-200 characters without NUL")
-    check_position("position", position)
+    check_count("position", position)
 
 
 def encode_state(state: Any) -> bytes:

@@ -26,30 +26,6 @@ def resolve_backend(backend: str | None = None, database_url: str | None = None)
     return _ALIASES[name]
 
 
-def build_event_journal(
-    backend: str | None = None,
-    *,
-    path: str | os.PathLike[str] | None = None,
-    database_url: str | None = None,
-    pool_size: int = 10,
-    max_overflow: int = 20,
-    **options: Any,
-) -> BaseEventJournal:
-    """The journal :func:`create_event_journal` would open, not yet initialized."""
-    name = resolve_backend(backend, database_url)
-    try:
-        if name == "file":
-            return FileEventJournal(path or os.environ.get("EVENT_JOURNAL_PATH") or DEFAULT_PATH, **options)
-        from .postgres import PostgresEventJournal  # asyncpg is imported only when used
-
-        url = database_url or os.environ.get("DATABASE_URL")
-        if not url:
-            raise ConfigurationError("the postgres backend needs a database URL: pass database_url= or set DATABASE_URL")
-        return PostgresEventJournal(url, pool_size=pool_size, max_overflow=max_overflow, **options)
-    except TypeError as exc:
-        raise ConfigurationError(f"unknown journal option: {exc}") from None
-
-
 async def create_event_journal(
     backend: str | None = None,
     *,
@@ -63,11 +39,26 @@ async def create_event_journal(
     (a ``database_url`` given without a ``backend`` means PostgreSQL); ``path`` to
     ``$EVENT_JOURNAL_PATH`` then ``storage/events/credits.jsonl``; ``database_url`` to
     ``$DATABASE_URL``. ``options`` go to the journal (``max_payload_bytes``, ``schema``, ...)."""
-    journal = build_event_journal(
-        backend, path=path, database_url=database_url, pool_size=pool_size, max_overflow=max_overflow, **options
-    )
+    journal = _journal(resolve_backend(backend, database_url), path, database_url, pool_size, max_overflow, options)
     await journal.initialize()
     return journal
+
+
+def _journal(
+    name: str, path: str | os.PathLike[str] | None, database_url: str | None,
+    pool_size: int, max_overflow: int, options: dict[str, Any],
+) -> BaseEventJournal:
+    try:
+        if name == "file":
+            return FileEventJournal(path or os.environ.get("EVENT_JOURNAL_PATH") or DEFAULT_PATH, **options)
+        from .postgres import PostgresEventJournal  # asyncpg is imported only when used
+
+        url = database_url or os.environ.get("DATABASE_URL")
+        if not url:
+            raise ConfigurationError("the postgres backend needs a database URL: pass database_url= or set DATABASE_URL")
+        return PostgresEventJournal(url, pool_size=pool_size, max_overflow=max_overflow, **options)
+    except TypeError as exc:
+        raise ConfigurationError(f"unknown journal option: {exc}") from None
 
 
 _shared: BaseEventJournal | None = None

@@ -127,6 +127,21 @@ async def test_factory_accepts_asyncpg_urls_and_env(database_url, monkeypatch):
         await create_event_journal("postgres")
 
 
+async def test_a_database_url_without_a_backend_means_postgres(database_url, tmp_path, monkeypatch):
+    """One resolution rule (the CLI uses it too): an explicit backend, else PostgreSQL when a URL is
+    given, else $EVENT_JOURNAL_BACKEND, else the file."""
+    monkeypatch.delenv("EVENT_JOURNAL_BACKEND", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("EVENT_JOURNAL_PATH", str(tmp_path / "env.jsonl"))
+    async with await create_event_journal(database_url=database_url, pool_size=1) as journal:
+        assert isinstance(journal, PostgresEventJournal)
+    async with await create_event_journal("file", database_url=database_url) as journal:
+        assert journal.backend == "file" and journal.get_metrics()["path"] == str(tmp_path / "env.jsonl")
+    monkeypatch.setenv("DATABASE_URL", database_url)  # from the environment it does not choose the backend
+    async with await create_event_journal() as journal:
+        assert journal.backend == "file"
+
+
 async def test_known_duplicate_costs_no_round_trip_and_cache_is_bounded(database_url):
     async with PostgresEventJournal(database_url, idempotency_cache_size=10) as journal:
         stored = [event() for _ in range(30)]

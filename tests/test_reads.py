@@ -176,6 +176,9 @@ async def test_bad_query_arguments_are_refused_alike(journal):
         await collect(journal.query_events(limit=-1))
     with pytest.raises(InvalidEventError, match="payload_contains"):
         await collect(journal.query_events(payload_contains=["a"]))
+    for bad in (-1, True, "3"):
+        with pytest.raises(InvalidEventError, match="after"):
+            await collect(journal.read_events(after=bad))
 
 
 async def test_both_backends_give_identical_answers(tmp_path, database_url):

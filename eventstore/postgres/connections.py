@@ -10,13 +10,12 @@ from typing import Any
 
 import asyncpg
 
+from ..base import not_open
 from ..dsn import DatabaseURL
-from ..errors import ConfigurationError
 from .errors import UNAVAILABLE, ErrorMap
 from .rows import init_connection
 
 CLOSE_TIMEOUT = 5.0  # seconds close() waits for statements in flight before cutting their connections
-NOT_OPEN = "the journal is not open (use `async with journal:` or `await journal.initialize()`)"
 
 
 def connect_options(
@@ -116,7 +115,7 @@ class Connections:
 
     def require_pool(self) -> asyncpg.Pool:
         if self.pool is None:
-            raise ConfigurationError(NOT_OPEN)
+            raise not_open()
         return self.pool
 
     @contextlib.asynccontextmanager
