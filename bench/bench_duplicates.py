@@ -5,6 +5,8 @@ round trip) vs a fresh instance with ``idempotency_cache_size=0`` (a round trip 
 append function, which returns no row) vs the raw limit: the bare prepared INSERT … ON
 CONFLICT (idempotency_key) DO NOTHING of a row already in ``bare_events``.
 File: FileEventJournal re-appending stored keys (an in-memory set) for comparison.
+``append()`` of a duplicate also looks up where the original is: one more round trip in
+PostgreSQL (``locate_keys``), a read of at most one seek block of the file.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ async def run(n: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         async with PostgresEventJournal(url(db), pool_size=1, max_overflow=0, idempotency_cache_size=0) as fresh:
             assert not await fresh.append_event(events[0])  # warm the connection's prepared statement
             trips = await timed([lambda e=e: fresh.append_event(e) for e in events])
+        async with PostgresEventJournal(url(db), pool_size=1, max_overflow=0, idempotency_cache_size=0) as locating:
+            assert (await locating.append(events[0])).position == 1  # warm both prepared statements
+            located = await timed([lambda e=e: locating.append(e) for e in events])
         conn = await bare_connection(db)
         try:
             stmt = await conn.prepare(BARE_INSERT)
@@ -69,9 +74,11 @@ async def run(n: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             for e in events:
                 await fj.append_event(e)
             file_hits = await timed([lambda e=e: fj.append_event(e) for e in events])
+            file_located = await timed([lambda e=e: fj.append(e) for e in events])
     finally:
         await drop_db(db)
-    for name, samples in (("cache_hit", hits), ("round_trip", trips), ("bare", bare), ("file", file_hits)):
+    for name, samples in (("cache_hit", hits), ("round_trip", trips), ("bare", bare), ("file", file_hits),
+                          ("located", located), ("file_located", file_located)):
         us[name] = {q: v * 1e6 if q != "n" else v for q, v in latency_summary(samples).items()}
     rows_out = [
         compare("PG duplicate, cache hit p50", us["cache_hit"]["p50"], "bare duplicate INSERT",
@@ -84,6 +91,11 @@ async def run(n: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 us["round_trip"]["p50"], "µs", lower_is_better=True),
         compare("File duplicate (in-memory index) p50", us["file"]["p50"], "PG cache hit",
                 us["cache_hit"]["p50"], "µs", lower_is_better=True),
+        # append() of a duplicate also finds where the original is: one more round trip in PostgreSQL.
+        compare("PG duplicate via append(), located (cache 0) p50", us["located"]["p50"], "append_event round trip",
+                us["round_trip"]["p50"], "µs", lower_is_better=True),
+        compare("File duplicate via append(), located p50", us["file_located"]["p50"], "append_event (index only)",
+                us["file"]["p50"], "µs", lower_is_better=True),
     ]
     return rows_out, {"latency_us": us}
 

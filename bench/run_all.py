@@ -19,6 +19,7 @@ FULL = {
     "bench_append_latency.py": ["--events", "3000"],
     "bench_concurrent_appends.py": ["--events", "4000", "--rounds", "2"],
     "bench_duplicates.py": ["--events", "2000"],
+    "bench_followers.py": ["--samples", "500", "--writers", "8"],
     "bench_replay.py": ["--events", "1000000"],
     # 1M events would take about 3.5 minutes alone: 250k keeps the whole run under 15 minutes.
     "bench_import.py": ["--events", "250000"],
@@ -30,6 +31,7 @@ QUICK = {
     "bench_append_latency.py": ["--events", "300"],
     "bench_concurrent_appends.py": ["--events", "320", "--rounds", "1"],
     "bench_duplicates.py": ["--events", "200"],
+    "bench_followers.py": ["--samples", "30", "--writers", "2"],
     "bench_replay.py": ["--events", "20000"],
     "bench_import.py": ["--events", "5000"],
     "bench_queries.py": ["--events", "20000", "--samples", "10", "--budget", "2"],

@@ -1,8 +1,9 @@
 """eventstore: a SQL-first event store with a JSONL file backend and a PostgreSQL backend."""
 
 from .base import BaseEventJournal
-from .envelope import EventEnvelope, Snapshot
+from .envelope import Appended, EventEnvelope, Snapshot
 from .errors import (
+    CheckpointConflictError,
     ConcurrencyError,
     ConfigurationError,
     CorruptedEventError,
@@ -32,7 +33,9 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
 
 
 __all__ = [
+    "Appended",
     "BaseEventJournal",
+    "CheckpointConflictError",
     "ConcurrencyError",
     "ConfigurationError",
     "CorruptedEventError",

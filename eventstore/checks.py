@@ -11,6 +11,8 @@ from typing import Any
 from .envelope import ENCODER, EventEnvelope, check_payload_values, check_string_content
 from .errors import InvalidEventError
 
+MAX_CHECKPOINT_NAME = 255
+
 
 def check_count(name: str, value: object, *, nullable: bool = False) -> None:
     """A position, version or limit: a plain integer >= 0 (an expected version of 0: no events yet)."""
@@ -59,12 +61,10 @@ def check_range(since: datetime | None, until: datetime | None) -> None:
 
 
 def check_query(
-    event_type: str | None, correlation_id: uuid.UUID | None, payload_contains: Any, after: int, limit: int | None
-) -> None:
-    if event_type is not None:
-        if not isinstance(event_type, str):
-            raise InvalidEventError("event_type", f"must be a string, got {type(event_type).__name__}")
-        check_string_content("event_type", event_type)  # NUL or a lone surrogate: PostgreSQL cannot take it
+    event_type: object, correlation_id: uuid.UUID | None, payload_contains: Any, after: int, limit: int | None
+) -> tuple[str, ...] | None:
+    """Checks a ``query_events`` call; returns its event types as a tuple (``None``: every type)."""
+    event_types = _event_types(event_type)
     if correlation_id is not None and not isinstance(correlation_id, uuid.UUID):
         raise InvalidEventError("correlation_id", f"must be a uuid.UUID, got {type(correlation_id).__name__}")
     if payload_contains is not None:
@@ -75,6 +75,48 @@ def check_query(
         check_payload_values(payload_contains, "payload_contains")
     check_count("after", after)
     check_count("limit", limit, nullable=True)
+    return event_types
+
+
+def _event_types(event_type: object) -> tuple[str, ...] | None:
+    if event_type is None:
+        return None
+    types = (event_type,) if isinstance(event_type, str) else event_type
+    if not isinstance(types, list | tuple | set | frozenset):
+        raise InvalidEventError("event_type", f"must be a string or a list of strings, got {type(event_type).__name__}")
+    if not types:
+        raise InvalidEventError("event_type", "an empty list matches nothing; pass None for every type")
+    for item in types:
+        if not isinstance(item, str):
+            raise InvalidEventError("event_type", f"must be a string or a list of strings, got an item of type {type(item).__name__}")
+        check_string_content("event_type", item)  # NUL or a lone surrogate: PostgreSQL cannot take it
+    return tuple(dict.fromkeys(types))
+
+
+def check_entity_range(after_version: object, up_to_version: object, backwards: object, limit: object) -> None:
+    check_count("after_version", after_version, nullable=True)
+    check_count("up_to_version", up_to_version, nullable=True)
+    if not isinstance(backwards, bool):
+        raise InvalidEventError("backwards", f"must be True or False, got {backwards!r}")
+    check_count("limit", limit, nullable=True)
+
+
+def check_checkpoint_name(name: object) -> None:
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_CHECKPOINT_NAME:
+        raise InvalidEventError("checkpoint", f"a checkpoint name is a string of 1-{MAX_CHECKPOINT_NAME} characters, got {name!r}")
+    check_string_content("checkpoint", name)
+
+
+def check_checkpoint(checkpoint: object) -> tuple[str, int] | None:
+    """``(name, position)``: a consumer's progress, stored with the batch."""
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, tuple | list) or len(checkpoint) != 2:
+        raise InvalidEventError("checkpoint", f"must be a (name, position) pair, got {checkpoint!r}")
+    name, position = checkpoint
+    check_checkpoint_name(name)
+    check_count("checkpoint position", position)
+    return name, position
 
 
 def check_entity_filter(entity_id: object) -> None:

@@ -221,8 +221,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         state = "OK" if result.ok else "MISMATCH"
         print(f"{state}: {result.events} file events, {result.matched} identical, {result.missing} missing, "
-              f"{result.different} different, {result.extra_in_database} extra in database, {result.corrupt} corrupt lines")
-        for kind in ("missing", "different", "extra_in_database", "corrupt"):
+              f"{result.different} different, {result.extra_in_database} extra in database, {result.corrupt} corrupt lines"
+              + (f"; {result.checkpoints} checkpoint(s), {result.checkpoints_behind} behind" if result.checkpoints else ""))
+        for kind in ("missing", "different", "extra_in_database", "corrupt", "checkpoints_behind"):
             _print_examples(kind.replace("_", " "), result.examples[kind])
     return EXIT_OK if result.ok else EXIT_FAILED
 

@@ -18,6 +18,7 @@ MAX_PAYLOAD_DEPTH = 256
 #: Integers past this many bits are refused: CPython will not print them as decimal
 #: (int_max_str_digits), so the file backend could store what it cannot read back.
 MAX_INT_BITS = 3000
+MAX_EVENT_TYPE = 255  # module-qualified type names are often longer than 50
 _INT32_MAX = 2**31 - 1
 #: asyncpg sends exactly these two instants as -infinity/infinity (and reads those back naive), so an
 #: event stamped with one would fall outside every time range in PostgreSQL: both backends refuse them.
@@ -71,6 +72,15 @@ class EventEnvelope(msgspec.Struct, frozen=True, kw_only=True):
             schema_version=schema_version,
             timestamp=datetime.now(UTC) if timestamp is None else timestamp,
         )
+
+
+class Appended(msgspec.Struct, frozen=True):
+    """Where an appended event is: its ``position`` and ``entity_version``. ``stored=False``: the
+    ``idempotency_key`` was already stored, and these are the first event's position and version."""
+
+    position: int
+    entity_version: int | None
+    stored: bool
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -158,7 +168,7 @@ def validate_event(event: object, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_B
     if not isinstance(event, EventEnvelope):
         raise InvalidEventError("event", f"must be an EventEnvelope, got {type(event).__name__}")
     _check_uuid("event_id", event.event_id)
-    _check_text("event_type", event.event_type, min_len=1, max_len=50)
+    _check_text("event_type", event.event_type, min_len=1, max_len=MAX_EVENT_TYPE)
     _check_text("entity_id", event.entity_id, min_len=0, max_len=255, nullable=True)
     _check_text("actor_id", event.actor_id, min_len=1, max_len=100)
     _check_uuid("correlation_id", event.correlation_id)

@@ -32,6 +32,23 @@ class ConcurrencyError(EventStoreError):
         )
 
 
+class CheckpointConflictError(ConcurrencyError):
+    """A consumer's checkpoint only moves forward: ``given`` is at or below the ``stored`` position
+    of checkpoint ``name``. Nothing was written (neither the checkpoint nor the batch's events)."""
+
+    def __init__(self, name: str, stored: int, given: int) -> None:
+        self.name = name
+        self.stored = stored
+        self.given = given
+        EventStoreError.__init__(
+            self, f"checkpoint conflict on {name!r}: stored position {stored}, given {given} (a checkpoint only moves forward)"
+        )
+        # As a ConcurrencyError: no entity; the caller expected to move past the stored position.
+        self.entity_id = None
+        self.expected = given
+        self.actual = stored
+
+
 class CorruptedEventError(EventStoreError):
     """A stored line or row cannot be decoded; ``where`` says which, ``why`` says how."""
 

@@ -4,20 +4,28 @@ reads, read-only journals, file subscriptions, and the importer.
 A journal file is one envelope per line. Lines written by older tools may lack ``position``,
 ``entity_version`` or ``entity_id``; :class:`LineDecoder` fills them in. A line that repeats an
 earlier position or idempotency key is skipped: the first occurrence wins.
+
+A consumer's checkpoint is a line of its own, written in the same ``write()`` as the events it
+accompanies: an envelope of type :data:`CHECKPOINT_TYPE` with ``position`` 0, which every line
+before it has passed. Every reader, older versions included, skips it as a line that repeats an
+earlier position; the writer's scan and read-only journals collect it (``checkpoints``).
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from .envelope import ENVELOPE_DECODER, EventEnvelope
+from .envelope import ENCODER, ENVELOPE_DECODER, EventEnvelope
 from .errors import CorruptedEventError
 
 CHUNK = 1 << 20
+CHECKPOINT_TYPE = "$eventstore.checkpoint"  # payload: {"name": ..., "position": ...}
 _decode = ENVELOPE_DECODER.decode
 
 
@@ -72,10 +80,14 @@ class LineDecoder:
     ``decode`` raises :class:`CorruptedEventError` (naming the line) for a line that is not an
     envelope, and returns ``None`` for a line to skip: one listed in ``skip_lines`` (found repeated
     by the writer's scan) or one that repeats an earlier position or idempotency key. Keys are
-    remembered only with ``keys`` given (the importer passes a set of hashes via ``hash_keys``).
+    remembered only with ``keys`` given: a dict of key to position, or (``hash_keys``, the
+    importer) a set of key hashes. Checkpoint lines are collected into ``checkpoints`` when given.
     """
 
-    __slots__ = ("where", "legacy", "skip_lines", "keys", "hash_keys", "last_position", "versions", "completed")
+    __slots__ = (
+        "where", "legacy", "skip_lines", "keys", "hash_keys", "checkpoints", "checkpoint_lines", "last_position",
+        "versions", "completed",
+    )
 
     def __init__(
         self,
@@ -83,14 +95,17 @@ class LineDecoder:
         *,
         legacy: bool = True,
         skip_lines: set[int] | frozenset[int] = frozenset(),
-        keys: set[Any] | None = None,
+        keys: dict[str, int] | set[int] | None = None,
         hash_keys: bool = False,
+        checkpoints: dict[str, int] | None = None,
     ) -> None:
         self.where = where
         self.legacy = legacy  # False when every line is known to carry its own position and version
         self.skip_lines = skip_lines
         self.keys = keys
         self.hash_keys = hash_keys
+        self.checkpoints = checkpoints
+        self.checkpoint_lines = 0  # checkpoint lines read (when collecting ``checkpoints``)
         self.last_position = 0
         self.versions: dict[str, int] = {}  # filled only while completing legacy lines
         self.completed = False  # whether some line lacked a store-set field
@@ -115,12 +130,21 @@ class LineDecoder:
                 event = completed
                 position = event.position
         if position <= self.last_position:  # type: ignore[operator]  # complete_line set it
+            if self.checkpoints is not None and event.event_type == CHECKPOINT_TYPE:
+                read_checkpoint(event, self.checkpoints)
+                self.checkpoint_lines += 1
             return None
-        if self.keys is not None:
-            key: Any = hash(event.idempotency_key) if self.hash_keys else event.idempotency_key
-            if key in self.keys:
-                return None
-            self.keys.add(key)
+        keys = self.keys
+        if keys is not None:
+            if self.hash_keys:
+                hashed = hash(event.idempotency_key)
+                if hashed in keys:
+                    return None
+                keys.add(hashed)  # type: ignore[union-attr]
+            else:
+                if event.idempotency_key in keys:
+                    return None
+                keys[event.idempotency_key] = position  # type: ignore[index]
         self.last_position = position  # type: ignore[assignment]
         if self.legacy and event.entity_id is not None and event.entity_version is not None:
             self.versions[event.entity_id] = event.entity_version
@@ -145,3 +169,21 @@ def complete_line(event: EventEnvelope, line: bytes, last_position: int, version
         return event
     return msgspec.structs.replace(event, **changes)
 
+
+
+def checkpoint_line(name: str, position: int) -> bytes:
+    """The line that stores checkpoint ``name`` at ``position``."""
+    marker = uuid.uuid4()
+    line = EventEnvelope(
+        event_id=marker, event_type=CHECKPOINT_TYPE, payload={"name": name, "position": position},
+        actor_id="eventstore", correlation_id=marker, idempotency_key=f"{CHECKPOINT_TYPE}:{marker}",
+        timestamp=datetime.now(UTC), position=0,
+    )
+    return ENCODER.encode(line) + b"\n"
+
+
+def read_checkpoint(event: EventEnvelope, checkpoints: dict[str, int]) -> None:
+    """Record a checkpoint line's (name, position); a later line for a name supersedes an earlier one."""
+    name, position = event.payload.get("name"), event.payload.get("position")
+    if isinstance(name, str) and isinstance(position, int) and not isinstance(position, bool):
+        checkpoints[name] = position

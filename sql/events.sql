@@ -13,14 +13,28 @@ SELECT stored_position, stored_entity_version
   FROM credit_events_append_batch(:event_ids, :idempotency_keys, :event_types, :schema_versions, :timestamps, :actor_ids,
                                   :correlation_ids, :causation_ids, :payloads, :entity_ids, :expected_versions);
 
--- name: read_events_page(after, page_size)
--- Keyset page on the primary key (idx_credit_events_sequence): an index range scan starting at after, never OFFSET, so the millionth page costs what the first does.
+-- name: append_checkpointed(event_ids, idempotency_keys, event_types, schema_versions, timestamps, actor_ids, correlation_ids, causation_ids, payloads, entity_ids, expected_versions, checkpoint_name, checkpoint_position)
+-- append_events plus a consumer checkpoint in one statement: credit_events_append_checkpointed (migration 0006) moves the checkpoint forward or raises ES410, then appends the batch.
+SELECT stored_position, stored_entity_version
+  FROM credit_events_append_checkpointed(:event_ids, :idempotency_keys, :event_types, :schema_versions, :timestamps,
+                                         :actor_ids, :correlation_ids, :causation_ids, :payloads, :entity_ids,
+                                         :expected_versions, :checkpoint_name, :checkpoint_position);
+
+-- name: read_events_page(after, high_water, page_size)
+-- Keyset page on the primary key (idx_credit_events_sequence), a closed range (after, high_water] below the fence of subscriptions.sql: every row it can ever hold is already visible, so a follower paging by position never skips one. Never OFFSET: the millionth page costs what the first does.
 SELECT id, event_id, event_type, entity_id, payload, actor_id, correlation_id, causation_id,
        idempotency_key, schema_version, "timestamp", entity_version
   FROM credit_events
  WHERE id > :after
+   AND id <= :high_water
  ORDER BY id
  LIMIT :page_size;
+
+-- name: locate_keys(idempotency_keys)
+-- Where duplicates were first stored (append/append_many): one probe of credit_events_idempotency_key_key per key.
+SELECT idempotency_key, id, entity_version
+  FROM credit_events
+ WHERE idempotency_key = ANY(:idempotency_keys::varchar[]);
 
 -- name: entity_version(entity_id)$
 -- The entity's current version: a backward probe of credit_events_entity_version_key.

@@ -92,7 +92,7 @@ def _invalid_cases():
     r = msgspec.structs.replace
     return [
         ("event_type", r(base, event_type="")),
-        ("event_type", r(base, event_type="x" * 51)),
+        ("event_type", r(base, event_type="x" * 256)),
         ("actor_id", r(base, actor_id="")),
         ("actor_id", r(base, actor_id="a" * 101)),
         ("entity_id", r(base, entity_id="e" * 256)),

@@ -142,7 +142,7 @@ async def test_corrupt_lines_reported_and_skipped(tmp_path: Path, database_url: 
     path = tmp_path / "credits.jsonl"
     await write_file(path, sample(6))
     lines = path.read_bytes().splitlines(keepends=True)
-    invalid = msgspec.structs.replace(event(entity_id="other"), event_type="x" * 51, position=7, entity_version=1)
+    invalid = msgspec.structs.replace(event(entity_id="other"), event_type="x" * 256, position=7, entity_version=1)
     lines[2] = b'{"event_id": "not json\n'
     lines.append(ENCODER.encode(invalid) + b"\n")
     path.write_bytes(b"".join(lines))

@@ -12,6 +12,7 @@ import msgspec
 
 from ..envelope import ENCODER, EventEnvelope
 from ..errors import JournalWriteError
+from ..jsonl import checkpoint_line
 from .index import JournalIndex
 from .recovery import WriteMarker, fsync_dir
 
@@ -19,13 +20,24 @@ from .recovery import WriteMarker, fsync_dir
 class _Staged:
     """One append waiting for the next flush: enough to undo it if the write fails."""
 
-    __slots__ = ("key", "event_int", "entity_id", "previous_version")
+    __slots__ = ("key", "event_int", "entity_id", "previous_version", "position")
 
-    def __init__(self, key: str, event_int: int, entity_id: str | None, previous_version: int) -> None:
+    def __init__(self, key: str, event_int: int, entity_id: str | None, previous_version: int, position: int) -> None:
         self.key = key
         self.event_int = event_int
         self.entity_id = entity_id
         self.previous_version = previous_version
+        self.position = position
+
+
+class _StagedCheckpoint:
+    """A checkpoint waiting for the next flush; it reaches the index once durable."""
+
+    __slots__ = ("name", "position")
+
+    def __init__(self, name: str, position: int) -> None:
+        self.name = name
+        self.position = position
 
 
 class GroupCommit:
@@ -43,7 +55,8 @@ class GroupCommit:
         self.flushed = asyncio.Event()  # replaced and set after each durable flush: wakes subscribers
         self._executor: ThreadPoolExecutor | None = None
         self._lines: list[bytes] = []
-        self._undo: list[_Staged] = []
+        self._undo: list[_Staged | _StagedCheckpoint] = []
+        self._checkpoints: dict[str, int] = {}  # staged, not yet durable: later appends check against them
         self._done: asyncio.Future[None] | None = None
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_scheduled = False
@@ -80,7 +93,7 @@ class GroupCommit:
         previous = index.versions.get(entity, 0) if entity is not None else 0
         self.position += 1
         version = previous + 1 if entity is not None else None
-        index.keys.add(event.idempotency_key)
+        index.keys[event.idempotency_key] = self.position
         index.event_ints.add(event.event_id.int)
         if entity is not None:
             index.versions[entity] = previous + 1
@@ -89,8 +102,19 @@ class GroupCommit:
             msgspec.structs.replace(event, payload=msgspec.Raw(payload_json), position=self.position, entity_version=version)
         )
         self._lines.append(line + b"\n")
-        self._undo.append(_Staged(event.idempotency_key, event.event_id.int, entity, previous))
+        self._undo.append(_Staged(event.idempotency_key, event.event_id.int, entity, previous, self.position))
         return self.position, version
+
+    def checkpoint_at(self, name: str) -> int | None:
+        """Checkpoint ``name`` as it will be once everything staged is durable."""
+        staged = self._checkpoints.get(name)
+        return staged if staged is not None else self.index.checkpoints.get(name)
+
+    def stage_checkpoint(self, name: str, position: int) -> None:
+        """Queue checkpoint ``name`` at ``position`` in the same write as the events staged with it."""
+        self._checkpoints[name] = position
+        self._lines.append(checkpoint_line(name, position))
+        self._undo.append(_StagedCheckpoint(name, position))
 
     async def commit(self) -> None:
         """Wait until everything staged so far is durable (or failed and undone)."""
@@ -116,7 +140,7 @@ class GroupCommit:
             else:
                 await asyncio.sleep(0)
 
-    def _take(self) -> tuple[list[bytes], list[_Staged], asyncio.Future[None] | None]:
+    def _take(self) -> tuple[list[bytes], list[_Staged | _StagedCheckpoint], asyncio.Future[None] | None]:
         taken = self._lines, self._undo, self._done
         self._lines, self._undo, self._done = [], [], None
         return taken
@@ -132,7 +156,7 @@ class GroupCommit:
         except OSError as exc:
             self._fail(undo, done, exc)
             return
-        self._made_durable(len(lines), data, done)
+        self._made_durable(undo, data, done)
 
     async def _flusher(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,12 +169,23 @@ class GroupCommit:
                 except OSError as exc:
                     self._fail(undo, done, exc)
                     continue
-                self._made_durable(len(lines), data, done)
+                self._made_durable(undo, data, done)
         finally:
             self._flush_task = None
 
-    def _made_durable(self, lines: int, data: bytes, done: asyncio.Future[None] | None) -> None:
-        self.index.made_durable(lines, len(data))
+    def _made_durable(self, flushed_lines: list[_Staged | _StagedCheckpoint], data: bytes, done: asyncio.Future[None] | None) -> None:
+        index = self.index
+        events = 0
+        position = index.position
+        for staged in flushed_lines:
+            if isinstance(staged, _Staged):
+                events += 1
+                position = staged.position
+            else:
+                index.checkpoints[staged.name] = staged.position
+                if self._checkpoints.get(staged.name) == staged.position:
+                    del self._checkpoints[staged.name]  # no later one staged
+        index.made_durable(len(flushed_lines), events, len(data), position)
         self.flushes += 1
         self.flushed, flushed = asyncio.Event(), self.flushed
         flushed.set()  # wakes live subscribers
@@ -177,14 +212,17 @@ class GroupCommit:
                 pass
             raise
 
-    def _fail(self, undo: list[_Staged], done: asyncio.Future[None] | None, exc: OSError) -> None:
+    def _fail(self, undo: list[_Staged | _StagedCheckpoint], done: asyncio.Future[None] | None, exc: OSError) -> None:
         # Appends staged after the failed batch were checked against its events: undo them too.
         undo = undo + self._undo
         later = self._done
         self._lines, self._undo, self._done = [], [], None
+        self._checkpoints.clear()  # every staged one failed
         index = self.index
         for staged in reversed(undo):
-            index.keys.discard(staged.key)
+            if isinstance(staged, _StagedCheckpoint):
+                continue  # never reached the index
+            index.keys.pop(staged.key, None)
             index.event_ints.discard(staged.event_int)
             if staged.entity_id is not None:
                 if staged.previous_version:

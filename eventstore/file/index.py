@@ -1,5 +1,6 @@
-"""What the file journal knows of its file, rebuilt by one scan at open: idempotency keys, event
-ids and entity versions (the writer's checks), lines to skip, and a sparse seek index."""
+"""What the file journal knows of its file, rebuilt by one scan at open: idempotency keys (with
+their positions), event ids and entity versions (the writer's checks), consumers' checkpoints,
+lines to skip, and a sparse seek index."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ SEEK_EVERY = 1024  # lines between two entries of the seek index
 
 
 class JournalIndex:
-    """Built by :meth:`scan`; then kept current by the group commit (``stage``/``made_durable``)."""
+    """Built by :meth:`scan`; then kept current by the group commit (``stage``/``made_durable``) in
+    the writer, or by :meth:`catch_up` in a read-only journal."""
 
     def __init__(self) -> None:
-        self.keys: set[str] = set()
+        self.keys: dict[str, int] = {}  # idempotency key -> position
         self.event_ints: set[int] = set()
         self.versions: dict[str, int] = {}
+        self.checkpoints: dict[str, int] = {}  # durable ones
         self.skip_lines: set[int] = set()  # lines that repeat an idempotency key or position
         # (last position before, byte offset, line number) every SEEK_EVERY lines, so that
         # read_events(after=N) near the end does not decode the whole file.
@@ -29,15 +32,24 @@ class JournalIndex:
         self.position = 0  # last durable position
         self.size = 0  # bytes of durable lines
         self.corrupt_lines = 0
+        self._cursor: LineCursor | None = None
+        self._decoder: LineDecoder | None = None
 
     def scan(self, path: Path) -> None:
-        if not path.exists():
-            return
-        size = path.stat().st_size
-        cursor = LineCursor(path)
-        decoder = LineDecoder(str(path), keys=self.keys)
-        offset = 0
-        for number, line in cursor.lines(size):
+        if path.exists():
+            self.catch_up(path, path.stat().st_size)
+
+    def catch_up(self, path: Path, limit: int) -> None:
+        """Read the lines between what was scanned and byte ``limit`` (a read-only journal follows
+        the writer this way). A file shorter than what was scanned had a torn tail cut: scan again."""
+        if limit < self.size:
+            self.__init__()  # type: ignore[misc]  # start over, in place: the journal holds this object
+        if self._cursor is None or self._decoder is None:
+            self._cursor = LineCursor(path)
+            self._decoder = LineDecoder(str(path), keys=self.keys, checkpoints=self.checkpoints)
+        cursor, decoder = self._cursor, self._decoder
+        offset = cursor.offset
+        for number, line in cursor.lines(limit):
             if number % SEEK_EVERY == 0:
                 self.seeks.append((decoder.last_position, offset, number))
             offset += len(line) + 1
@@ -47,7 +59,7 @@ class JournalIndex:
                 self.corrupt_lines += 1
                 continue
             if event is None:
-                self.skip_lines.add(number)  # a repeated line: the first occurrence wins
+                self.skip_lines.add(number)  # a repeated line (or a checkpoint): the first occurrence wins
                 continue
             self.event_ints.add(event.event_id.int)
             if event.entity_id is not None and event.entity_version is not None:
@@ -56,7 +68,7 @@ class JournalIndex:
         self.line_count = cursor.number
         self.legacy = decoder.completed
         self.position = decoder.last_position
-        self.size = size
+        self.size = cursor.offset
 
     def start_for(self, after: int) -> tuple[int, int]:
         """``(byte offset, lines before it)`` where a read of the positions after ``after`` can
@@ -67,14 +79,15 @@ class JournalIndex:
         _, offset, first_line = self.seeks[max(index, 0)]
         return offset, first_line - 1
 
-    def made_durable(self, lines: int, data_size: int) -> None:
-        """``lines`` more lines (``data_size`` bytes) reached the disk."""
+    def made_durable(self, lines: int, events: int, data_size: int, position: int) -> None:
+        """``lines`` more lines (``data_size`` bytes, ``events`` of them events up to ``position``)
+        reached the disk."""
         if self.line_count - self.seeks[-1][2] >= SEEK_EVERY:
             self.seeks.append((self.position, self.size, self.line_count + 1))
         self.size += data_size
-        self.position += lines
+        self.position = position
         self.line_count += lines
-        self.events += lines
+        self.events += events
 
     def decoder(self, where: str) -> LineDecoder:
         """A decoder for readers of this file: the scan's skip list, completion only if needed."""

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..base import BaseEventJournal, Checked, EventQuery, Stored, not_open
+from ..base import BaseEventJournal, Checked, Checkpoint, EntityRead, EventQuery, Location, Stored, not_open
 from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, EventEnvelope, Snapshot
-from ..errors import ConcurrencyError, ConfigurationError, CorruptedEventError, InvalidEventError
+from ..errors import (
+    CheckpointConflictError,
+    ConcurrencyError,
+    ConfigurationError,
+    CorruptedEventError,
+    InvalidEventError,
+    JournalWriteError,
+)
 from ..jsonl import LineCursor
 from .commit import GroupCommit
 from .index import JournalIndex
@@ -54,6 +61,7 @@ class FileEventJournal(BaseEventJournal):
         self.torn_tail_path: Path | None = None
         self._lock = WriterLock(self.path)
         self._marker = WriteMarker(self.path)
+        self._catch_up_lock = threading.Lock()  # a read-only index is caught up in helper threads
 
     def __repr__(self) -> str:
         return f"FileEventJournal({str(self.path)!r}, read_only={self.read_only})"
@@ -107,8 +115,21 @@ class FileEventJournal(BaseEventJournal):
         return self.group_commit.flushed if self.group_commit is not None else None
 
     def durable_size(self) -> int:
-        """Bytes of the file a reader may read: the writer's durable lines, or the whole file."""
-        return self.index.size if not self.read_only else file_size(self.path)
+        """Bytes of the file a reader may read: the writer's durable lines; in a read-only journal
+        the whole file, but not the lines of a write still in progress (the writer's marker),
+        which a crash would move aside."""
+        if not self.read_only:
+            return self.index.size
+        size = file_size(self.path)
+        unfinished = self._marker.unfinished_write_start(size)
+        return size if unfinished is None else unfinished
+
+    def _caught_up(self) -> JournalIndex:
+        """The index, up to date with the file (a read-only journal follows the writer)."""
+        if self.read_only:
+            with self._catch_up_lock:
+                self.index.catch_up(self.path, self.durable_size())
+        return self.index
 
     # -- primitives ------------------------------------------------------------------------
 
@@ -121,17 +142,47 @@ class FileEventJournal(BaseEventJournal):
     def _known_duplicate(self, key: str) -> bool:
         return key in self.index.keys
 
-    async def _is_stored(self, key: str) -> bool:
-        return key in self.index.keys
+    async def _locate(self, keys: list[str]) -> dict[str, Location]:
+        index = self.index
+        wanted = {position: key for key in keys if (position := index.keys.get(key)) is not None}
+        if not wanted:
+            return {}
+        if max(wanted) > index.position and self.group_commit is not None:
+            await self.group_commit.drain()  # the first append of a key is still being written
+            if any(index.keys.get(key) != position for position, key in wanted.items()):
+                raise JournalWriteError(0, f"the first append of this idempotency_key to {self.path} failed; append it again")
+        return await asyncio.to_thread(self._read_locations, wanted)
+
+    def _read_locations(self, wanted: dict[int, str]) -> dict[str, Location]:
+        """Read the events at these positions: one pass from the seek point before the first."""
+        found: dict[str, Location] = {}
+        lines = LineCursor(self.path, *self.index.start_for(min(wanted) - 1))
+        decoder = self.index.decoder(str(self.path))
+        last = max(wanted)
+        for number, line in lines.lines(self.index.size):
+            event = decoder.decode(number, line)
+            if event is None or event.position not in wanted:
+                continue
+            found[wanted[event.position]] = (event.position, event.entity_version)  # type: ignore[index]
+            if event.position == last:
+                break
+        return found
 
     async def _store_one(self, event: Checked, expected_version: int | None) -> Stored:
-        results = await self._store_many([event], [expected_version])
+        results = await self._store_many([event], [expected_version], None)
         return results[0]
 
-    async def _store_many(self, events: list[Checked], expected: list[int | None]) -> list[Stored]:
+    async def _store_many(self, events: list[Checked], expected: list[int | None], checkpoint: Checkpoint | None) -> list[Stored]:
         # Every check runs against the indexes as they would be after each earlier event, and
         # nothing awaits between the checks and staging: no other append can interleave.
         self._check_open(writing=True)
+        commit = self.group_commit
+        if commit is None:  # not reached: _check_open(writing=True) passed
+            raise not_open()
+        if checkpoint is not None:
+            stored = commit.checkpoint_at(checkpoint[0])
+            if stored is not None and checkpoint[1] <= stored:
+                raise CheckpointConflictError(checkpoint[0], stored, checkpoint[1])
         index = self.index
         batch_versions: dict[str, int] = {}
         new: list[int] = []
@@ -148,20 +199,28 @@ class FileEventJournal(BaseEventJournal):
                 batch_versions[entity] = actual + 1
             new.append(i)
         results: list[Stored] = [None] * len(events)
-        if not new:
+        if not new and checkpoint is None:
             return results
-        commit = self.group_commit
-        if commit is None:  # not reached: _check_open(writing=True) passed
-            raise not_open()
         for i in new:  # one flush holds them all: one write() and one fsync, all or none
             results[i] = commit.stage(*events[i])
+        if checkpoint is not None:
+            commit.stage_checkpoint(*checkpoint)
         await commit.commit()
         return results
+
+    async def _load_checkpoint(self, name: str) -> int | None:
+        index = await asyncio.to_thread(self._caught_up)
+        return index.checkpoints.get(name)
+
+    async def _last_position(self) -> int:
+        if not self.read_only:
+            return self.index.position
+        return (await asyncio.to_thread(self._caught_up)).position
 
     async def _read_events(self, after: int, skip_corrupted: bool) -> AsyncIterator[EventEnvelope]:
         if not self.path.exists():
             return
-        limit = None if self.read_only else self.index.size
+        limit = self.durable_size()
         lines = LineCursor(self.path, *self.index.start_for(after))
         decoder = self.index.decoder(str(self.path))
         yielded = 0
@@ -179,8 +238,8 @@ class FileEventJournal(BaseEventJournal):
                 if yielded % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a long replay must not starve the event loop
 
-    def _read_entity(self, entity_id: str, since: datetime | None, until: datetime | None) -> AsyncIterator[EventEnvelope]:
-        return scan_entity(self._read_events(0, True), entity_id, since, until)
+    def _read_entity(self, read: EntityRead) -> AsyncIterator[EventEnvelope]:
+        return scan_entity(self._read_events(0, True), read)
 
     def _query_events(self, query: EventQuery) -> AsyncIterator[EventEnvelope]:
         return scan_query(self._read_events(query.after, True), query)

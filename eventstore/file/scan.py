@@ -3,11 +3,12 @@ with PostgreSQL's jsonb containment rule, so the file answers exactly as the dat
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from ..base import EventQuery
+from ..base import EntityRead, EventQuery
 from ..envelope import EventEnvelope
 
 
@@ -67,20 +68,37 @@ def _contains(container: Any, contained: Any, outer: str, inner: str) -> bool:
 def matches(query: EventQuery, event: EventEnvelope) -> bool:
     """Whether ``event`` passes every filter of ``query`` (``after`` and ``limit`` aside)."""
     return (
-        (query.event_type is None or event.event_type == query.event_type)
+        (query.event_types is None or event.event_type in query.event_types)
         and (query.correlation_id is None or event.correlation_id == query.correlation_id)
         and in_range(event.timestamp, query.since, query.until)
         and (query.payload_contains is None or _contains(event.payload, query.payload_contains, "object", "object"))
     )
 
 
-async def scan_entity(
-    events: AsyncIterator[EventEnvelope], entity_id: str, since: datetime | None, until: datetime | None
-) -> AsyncIterator[EventEnvelope]:
-    """One entity's events from a position-order stream: positions order an entity's versions."""
+async def scan_entity(events: AsyncIterator[EventEnvelope], read: EntityRead) -> AsyncIterator[EventEnvelope]:
+    """One entity's events from a position-order stream: positions order an entity's versions, so
+    a forward read stops at ``up_to_version``; a backward one keeps the last ``limit`` and reverses."""
+    entity_id, since, until, low = read.entity_id, read.since, read.until, read.after_version
+    high = read.up_to_version
+    found: deque[EventEnvelope] = deque(maxlen=read.limit if read.backwards else None)
+    count = 0
     async for event in events:
-        if event.entity_id == entity_id and in_range(event.timestamp, since, until):
-            yield event
+        if event.entity_id != entity_id:
+            continue
+        version: int = event.entity_version  # type: ignore[assignment]  # set for every event of an entity
+        if high is not None and version > high:
+            break
+        if version <= low or not in_range(event.timestamp, since, until):
+            continue
+        if read.backwards:
+            found.append(event)
+            continue
+        yield event
+        count += 1
+        if count == read.limit:
+            return
+    while found:
+        yield found.pop()
 
 
 async def scan_query(events: AsyncIterator[EventEnvelope], query: EventQuery) -> AsyncIterator[EventEnvelope]:

@@ -11,6 +11,7 @@ import asyncpg
 
 from ..dsn import DatabaseURL
 from ..errors import (
+    CheckpointConflictError,
     ConcurrencyError,
     DatabaseUnavailableError,
     EventStoreError,
@@ -20,6 +21,7 @@ from ..errors import (
 )
 
 CONFLICT_SQLSTATE = "ES409"  # raised by credit_events_append; DETAIL is the entity's actual version
+CHECKPOINT_SQLSTATE = "ES410"  # raised by credit_checkpoints_advance; DETAIL is the stored position
 EVENT_ID_KEY = "credit_events_event_id_key"
 IDEMPOTENCY_KEY_KEY = "credit_events_idempotency_key_key"
 ENTITY_VERSION_KEY = "credit_events_entity_version_key"
@@ -49,6 +51,13 @@ class ErrorMap:
 
     def unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
         return DatabaseUnavailableError(f"PostgreSQL at {self.url.where} is unavailable: {self.url.describe(exc)}")
+
+    def fence_timeout(self, timeout: float, settled: int) -> DatabaseUnavailableError:
+        return DatabaseUnavailableError(
+            f"PostgreSQL at {self.url.where}: statement timeout ({timeout:g} s) waiting for transactions in flight "
+            f"to end before reading past position {settled}: a long transaction (pg_stat_activity.backend_xid) "
+            "holds back reads in position order; nothing was skipped, retry when it ends"
+        )
 
     def denied(self, exc: BaseException, action: str, needs: str) -> PermissionDeniedError:
         role = self.url.parts.username or "the connecting role"
@@ -100,7 +109,11 @@ class ErrorMap:
             return DatabaseUnavailableError(text)
         return EventStoreError(text)
 
-    def append_error(self, exc: asyncpg.PostgresError, entity_id: str | None, expected: int | None) -> BaseException:
+    def append_error(
+        self, exc: asyncpg.PostgresError, entity_id: str | None, expected: int | None, checkpoint: tuple[str, int] | None = None
+    ) -> BaseException:
+        if exc.sqlstate == CHECKPOINT_SQLSTATE and checkpoint is not None:
+            return CheckpointConflictError(checkpoint[0], int(getattr(exc, "detail", None) or "0"), checkpoint[1])
         if exc.sqlstate == CONFLICT_SQLSTATE:
             actual = int(getattr(exc, "detail", None) or "0")
             return ConcurrencyError(conflict_entity(exc) if entity_id is None else entity_id,

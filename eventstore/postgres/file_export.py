@@ -7,15 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from ..envelope import ENCODER
+from ..jsonl import checkpoint_line
 from .queries import QUERIES
 from .rows import POSITION, row_to_event
 from .session import tool_session
+
+_EVERY = 2**63 - 1  # no high-water bound: the snapshot is the bound (stop writers: docs/migration.md)
 
 
 async def export_to_file(database_url: str, target: str | os.PathLike[str], *, after: int = 0,
                          page_size: int = 1000, schema: str | None = None, progress: Any = None) -> int:
     """Write every event with position > ``after`` as JSONL lines FileEventJournal reads (positions
-    and entity versions as stored), in position order. Written to a temporary file in the same
+    and entity versions as stored), in position order, then the consumers' checkpoints. Written to a temporary file in the same
     folder, fsynced, then renamed over ``target``: readers see the old file or the whole new one."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -30,7 +33,7 @@ async def export_to_file(database_url: str, target: str | os.PathLike[str], *, a
             with open(temporary, "wb") as out:
                 position = after
                 while True:
-                    rows = await conn.fetch(QUERIES.read_events_page.sql, position, page_size)
+                    rows = await conn.fetch(QUERIES.read_events_page.sql, position, _EVERY, page_size)
                     if rows:
                         out.write(b"".join(ENCODER.encode(row_to_event(row)) + b"\n" for row in rows))
                         written += len(rows)
@@ -39,6 +42,9 @@ async def export_to_file(database_url: str, target: str | os.PathLike[str], *, a
                             progress(written, total)
                     if len(rows) < page_size:
                         break
+                # From the same snapshot as the events, so each matches the events written with it.
+                for name, checkpoint in await conn.fetch(QUERIES.all_checkpoints.sql):
+                    out.write(checkpoint_line(name, checkpoint))
                 out.flush()
                 os.fsync(out.fileno())
         os.replace(temporary, target)

@@ -8,6 +8,9 @@ and ``credit_events_entity_version_key`` refuses a version already taken by anot
 written to PostgreSQL after a switch-over): the import stops with :class:`MigrationConflictError`
 instead of numbering around them.
 
+Consumers' checkpoints in the file are stored after the last batch, each moved forward to the
+file's position (never back), so a checkpoint is never ahead of the events written with it.
+
 Locking: the whole import holds a session advisory lock (one import per database at a time), and
 each batch takes the per-entity transaction lock that ``credit_events_append`` takes, for every
 entity in the batch, before inserting. A live append to one of those entities waits for the batch
@@ -56,6 +59,7 @@ class ImportResult:
     corrupt_lines: list[tuple[int, str]] = field(default_factory=list)
     repeated: int = 0  # lines that repeat an earlier key or position: FileEventJournal skips them too
     events: int = 0  # valid, distinct events in the file
+    checkpoints: int = 0  # consumers' checkpoints in the file, moved forward in PostgreSQL
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -66,6 +70,7 @@ class ImportResult:
             "corrupt_lines": [{"line": n, "reason": r} for n, r in self.corrupt_lines],
             "repeated_lines": self.repeated,
             "events": self.events,
+            "checkpoints": self.checkpoints,
             "dry_run": self.dry_run,
         }
 
@@ -102,6 +107,7 @@ class JournalFileReader:
         self.corrupt_lines: list[tuple[int, str]] = []
         self.repeated = 0
         self.events = 0
+        self.checkpoints: dict[str, int] = {}  # consumers' checkpoints (the last line of each name wins)
 
     def _bad(self, number: int, reason: str) -> None:
         self.corrupt += 1
@@ -111,7 +117,8 @@ class JournalFileReader:
     def __iter__(self) -> Iterator[tuple[int, EventEnvelope, bytes]]:
         """``(line_number, event, payload_json)`` per event, in file order."""
         lines = LineCursor(self.path)
-        decoder = LineDecoder(str(self.path), keys=self.key_hashes, hash_keys=True)
+        decoder = LineDecoder(str(self.path), keys=self.key_hashes, hash_keys=True, checkpoints=self.checkpoints)
+        checkpoint_lines = 0
         for number, line in lines.lines(self.size):
             self.bytes_read += len(line) + 1
             try:
@@ -120,7 +127,9 @@ class JournalFileReader:
                 self._bad(number, exc.why)
                 continue
             if event is None:
-                self.repeated += 1
+                if decoder.checkpoint_lines == checkpoint_lines:
+                    self.repeated += 1
+                checkpoint_lines = decoder.checkpoint_lines
                 continue
             try:
                 event, payload_json = validate_event(event, self.max_payload_bytes)
@@ -238,11 +247,16 @@ async def import_file(
                 in_flight.cancel()
                 with contextlib.suppress(BaseException):
                     await in_flight
+        if reader.checkpoints and not dry_run:
+            # After every event: a checkpoint never gets ahead of the events its consumer wrote.
+            names = list(reader.checkpoints)
+            await conn.execute(QUERIES.import_checkpoints.sql, names, [reader.checkpoints[n] for n in names])
         if not dry_run:
             await conn.fetchval(QUERIES.flush_wal.sql)
             await conn.fetchval(QUERIES.import_unlock.sql)
     result.corrupt, result.corrupt_lines = reader.corrupt, reader.corrupt_lines
     result.repeated, result.events = reader.repeated, reader.events
+    result.checkpoints = len(reader.checkpoints)
     return result
 
 

@@ -23,13 +23,18 @@ class VerifyResult:
     different: int = 0
     extra_in_database: int = 0
     corrupt: int = 0
-    examples: dict[str, list[str]] = field(default_factory=lambda: {"missing": [], "different": [], "extra_in_database": [], "corrupt": []})
+    checkpoints: int = 0  # consumers' checkpoints in the file
+    checkpoints_behind: int = 0  # missing in PostgreSQL, or at a lower position than the file's
+    examples: dict[str, list[str]] = field(
+        default_factory=lambda: {"missing": [], "different": [], "extra_in_database": [], "corrupt": [], "checkpoints_behind": []}
+    )
 
     @property
     def ok(self) -> bool:
-        """Every event of the file is in PostgreSQL, identical. Extra rows (written after a
-        switch-over) and corrupt lines (which no backend can read) do not fail the check."""
-        return self.missing == 0 and self.different == 0
+        """Every event of the file is in PostgreSQL, identical, and every checkpoint at least as far.
+        Extra rows and checkpoints further on (written after a switch-over) and corrupt lines (which
+        no backend can read) do not fail the check."""
+        return self.missing == 0 and self.different == 0 and self.checkpoints_behind == 0
 
     def _example(self, kind: str, text: str) -> None:
         if len(self.examples[kind]) < EXAMPLES:
@@ -39,7 +44,7 @@ class VerifyResult:
         return {
             "ok": self.ok, "events": self.events, "matched": self.matched, "missing": self.missing,
             "different": self.different, "extra_in_database": self.extra_in_database, "corrupt": self.corrupt,
-            "examples": self.examples,
+            "checkpoints": self.checkpoints, "checkpoints_behind": self.checkpoints_behind, "examples": self.examples,
         }
 
 
@@ -83,6 +88,13 @@ async def verify_file(source: str | os.PathLike[str], database_url: str, *, batc
             if len(page) < 10_000:
                 break
             position = page[-1][POSITION]
+        stored_checkpoints = dict(await conn.fetch(QUERIES.all_checkpoints.sql))
+    for name, checkpoint in reader.checkpoints.items():
+        result.checkpoints += 1
+        stored_at = stored_checkpoints.get(name)
+        if stored_at is None or stored_at < checkpoint:
+            result.checkpoints_behind += 1
+            result._example("checkpoints_behind", f"checkpoint {name!r}: file {checkpoint}, database {stored_at}")
     result.events = reader.events
     result.corrupt = reader.corrupt
     for number, reason in reader.corrupt_lines[:KEEP_CORRUPT]:

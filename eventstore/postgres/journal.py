@@ -7,17 +7,17 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from ..base import BaseEventJournal, Checked, EventQuery, Stored
+from ..base import BaseEventJournal, Checked, Checkpoint, EntityRead, EventQuery, Location, Stored
 from ..dsn import DatabaseURL, parse_database_url
 from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENCODER, EventEnvelope, Snapshot
 from ..errors import ConfigurationError, EventStoreError
 from .connections import Connections
 from .errors import CONFLICT_SQLSTATE, ErrorMap, conflict_entity
+from .fence import settle
 from .notifier import Notifier
 from .queries import QUERIES
 from .rows import ENTITY_VERSION, POSITION, batch_params, event_params, row_to_event
@@ -26,9 +26,16 @@ from .subscribe import follow
 
 _APPEND_SQL: str = QUERIES.append_event.sql
 _APPEND_BATCH_SQL: str = QUERIES.append_events.sql
+_APPEND_CHECKPOINTED_SQL: str = QUERIES.append_checkpointed.sql
 _READ_PAGE_SQL: str = QUERIES.read_events_page.sql
-_ENTITY_SQL: str = QUERIES.read_entity_page.sql
-_ENTITY_RANGE_SQL: str = QUERIES.read_entity_range_page.sql
+# (ranged by time, backwards) -> the entity page query
+_ENTITY_SQL: dict[tuple[bool, bool], str] = {
+    (False, False): QUERIES.read_entity_page.sql,
+    (False, True): QUERIES.read_entity_page_backwards.sql,
+    (True, False): QUERIES.read_entity_range_page.sql,
+    (True, True): QUERIES.read_entity_range_page_backwards.sql,
+}
+_MAX_VERSION = 2**31 - 1  # entity_version is an INTEGER
 
 
 class PostgresEventJournal(BaseEventJournal):
@@ -64,7 +71,9 @@ class PostgresEventJournal(BaseEventJournal):
             statement_timeout=statement_timeout,
         )
         self._cache_size = idempotency_cache_size
-        self._seen_keys: OrderedDict[str, None] = OrderedDict()  # stored keys: known duplicates
+        # Stored keys (known duplicates), with where they are when known: a retry costs no round trip.
+        self._seen_keys: OrderedDict[str, Location | None] = OrderedDict()
+        self._settled = 0  # a settled high-water mark seen earlier: reads at the head spend no xid
         self._cache_hits = 0
         self._total_events = 0
         self._init_lock = asyncio.Lock()
@@ -110,15 +119,24 @@ class PostgresEventJournal(BaseEventJournal):
             return True
         return False
 
-    def _remember(self, key: str) -> None:
+    def _remember(self, key: str, where: Location | None) -> None:
         seen = self._seen_keys
-        seen[key] = None
+        if where is None and seen.get(key) is not None:
+            return  # keep what is known of where it is
+        seen[key] = where
         if len(seen) > self._cache_size:
             seen.popitem(last=False)
 
-    async def _is_stored(self, key: str) -> bool:
-        async with self.connections.acquire() as conn:
-            return bool(await conn.fetch(QUERIES.present_keys.sql, [key]))
+    async def _locate(self, keys: list[str]) -> dict[str, Location]:
+        seen = self._seen_keys
+        found = {key: where for key in keys if (where := seen.get(key)) is not None}
+        missing = [key for key in keys if key not in found]
+        if missing:
+            rows = await self.connections.fetch(QUERIES.locate_keys.sql, missing)
+            for key, position, version in rows:
+                found[key] = (position, version)
+                self._remember(key, (position, version))
+        return found
 
     async def _store_one(self, event: Checked, expected_version: int | None) -> Stored:
         envelope, payload_json = event
@@ -126,25 +144,29 @@ class PostgresEventJournal(BaseEventJournal):
             row = await self.connections.append_call(_APPEND_SQL, *event_params(envelope, payload_json, expected_version))
         except asyncpg.PostgresError as exc:
             raise self.errors.append_error(exc, envelope.entity_id, expected_version) from None
-        self._remember(envelope.idempotency_key)
         if row is None:
+            self._remember(envelope.idempotency_key, None)
             return None
+        self._remember(envelope.idempotency_key, (row[0], row[1]))
         self._stored(1)
         return row[0], row[1]
 
-    async def _store_many(self, events: list[Checked], expected: list[int | None]) -> list[Stored]:
+    async def _store_many(self, events: list[Checked], expected: list[int | None], checkpoint: Checkpoint | None) -> list[Stored]:
         batch = [event for event, _ in events]
+        params = batch_params(batch, [payload for _, payload in events], expected)
         try:
-            rows = await self.connections.append_call(
-                _APPEND_BATCH_SQL, *batch_params(batch, [payload for _, payload in events], expected), many=True
-            )
+            if checkpoint is None:
+                rows = await self.connections.append_call(_APPEND_BATCH_SQL, *params, many=True)
+            else:
+                rows = await self.connections.append_call(_APPEND_CHECKPOINTED_SQL, *params, *checkpoint, many=True)
         except asyncpg.PostgresError as exc:
             entity, version = _conflict_target(exc, batch, expected)
-            raise self.errors.append_error(exc, entity, version) from None
+            raise self.errors.append_error(exc, entity, version, checkpoint) from None
         results: list[Stored] = []
         for event, row in zip(batch, rows, strict=True):
-            self._remember(event.idempotency_key)
-            results.append(None if row[0] is None else (row[0], row[1]))
+            where = None if row[0] is None else (row[0], row[1])
+            self._remember(event.idempotency_key, where)
+            results.append(where)
         self._stored(len(results) - results.count(None))
         return results
 
@@ -155,18 +177,35 @@ class PostgresEventJournal(BaseEventJournal):
 
     # -- reads -----------------------------------------------------------------------------
 
+    async def _high_water(self) -> int:
+        """The settled high-water mark, taken once per position-order read (postgres/fence.py).
+        Transactions in flight are waited for up to ``statement_timeout``, as a statement would be."""
+        timeout = self.connections.statement_timeout
+        async with self.connections.acquire() as conn:
+            high_water = await settle(conn, self._settled, timeout)
+        if high_water is None:
+            raise self.errors.fence_timeout(timeout, self._settled)
+        self._settled = max(self._settled, high_water)
+        return high_water
+
+    async def _last_position(self) -> int:
+        return await self._high_water()
+
     async def _read_events(self, after: int, skip_corrupted: bool) -> AsyncIterator[EventEnvelope]:
         # Rows are checked by the database's constraints on the way in, so there is nothing to skip;
         # skip_corrupted is accepted for parity with the file journal.
+        high_water = await self._high_water()
+        if high_water <= after:
+            return
         fetch, page_size = self.connections.fetch, self.page_size
         # Read-ahead of one page: the server fetches page N+1 while this process decodes page N.
-        pending: asyncio.Task[list[asyncpg.Record]] | None = asyncio.ensure_future(fetch(_READ_PAGE_SQL, after, page_size))
+        pending: asyncio.Task[list[asyncpg.Record]] | None = asyncio.ensure_future(fetch(_READ_PAGE_SQL, after, high_water, page_size))
         try:
             while pending is not None:
                 rows = await pending
                 pending = None
                 if len(rows) == page_size:
-                    pending = asyncio.ensure_future(fetch(_READ_PAGE_SQL, rows[-1][POSITION], page_size))
+                    pending = asyncio.ensure_future(fetch(_READ_PAGE_SQL, rows[-1][POSITION], high_water, page_size))
                 for row in rows:
                     yield row_to_event(row)
         finally:
@@ -175,27 +214,34 @@ class PostgresEventJournal(BaseEventJournal):
                 with contextlib.suppress(asyncio.CancelledError, EventStoreError):
                     await pending
 
-    async def _read_entity(self, entity_id: str, since: datetime | None, until: datetime | None) -> AsyncIterator[EventEnvelope]:
-        ranged = since is not None or until is not None
-        version, page_size = 0, self.page_size
-        while True:
-            if ranged:
-                rows = await self.connections.fetch(_ENTITY_RANGE_SQL, entity_id, since, until, version, page_size)
-            else:
-                rows = await self.connections.fetch(_ENTITY_SQL, entity_id, version, page_size)
+    async def _read_entity(self, read: EntityRead) -> AsyncIterator[EventEnvelope]:
+        ranged = read.since is not None or read.until is not None
+        sql = _ENTITY_SQL[ranged, read.backwards]
+        head: tuple[Any, ...] = (read.entity_id, read.since, read.until) if ranged else (read.entity_id,)
+        low, high = read.after_version, _MAX_VERSION if read.up_to_version is None else min(read.up_to_version, _MAX_VERSION)
+        remaining = read.limit
+        while remaining is None or remaining > 0:
+            page_size = self.page_size if remaining is None else min(self.page_size, remaining)
+            rows = await self.connections.fetch(sql, *head, low, high, page_size)
             for row in rows:
                 yield row_to_event(row)
             if len(rows) < page_size:
                 return
-            version = rows[-1][ENTITY_VERSION]
+            if read.backwards:
+                high = rows[-1][ENTITY_VERSION] - 1
+            else:
+                low = rows[-1][ENTITY_VERSION]
+            if remaining is not None:
+                remaining -= len(rows)
 
     async def _query_events(self, query: EventQuery) -> AsyncIterator[EventEnvelope]:
+        high_water = await self._high_water()
         sql, head, tail = _query_plan(query)
         fetch = self.connections.fetch if sql is _READ_PAGE_SQL else self.connections.fetch_planned
         position, remaining = query.after, query.limit
-        while remaining is None or remaining > 0:
+        while position < high_water and (remaining is None or remaining > 0):
             page_size = self.page_size if remaining is None else min(self.page_size, remaining)
-            rows = await fetch(sql, *head, position, *tail, page_size)
+            rows = await fetch(sql, *head, position, high_water, *tail, page_size)
             for row in rows:
                 yield row_to_event(row)
             if len(rows) < page_size:
@@ -206,6 +252,10 @@ class PostgresEventJournal(BaseEventJournal):
 
     def _subscribe(self, after: int) -> AsyncIterator[EventEnvelope]:
         return follow(self.connections, after, self.page_size)
+
+    async def _load_checkpoint(self, name: str) -> int | None:
+        async with self.connections.acquire() as conn:
+            return await conn.fetchval(QUERIES.load_checkpoint.sql, name)
 
     async def _save_snapshot(self, name: str, position: int, state_json: bytes) -> None:
         async with self.connections.acquire() as conn:
@@ -246,15 +296,16 @@ _QUERY_SQL: dict[str, str] = {
 
 def _query_plan(query: EventQuery) -> tuple[str, tuple[Any, ...], tuple[Any, ...]]:
     """The query whose leading filter is the most selective one with an index; the other filters
-    are checked on its rows. Returns (sql, parameters before ``after``, parameters after it)."""
+    are checked on its rows. Returns (sql, parameters before ``after, high_water``, parameters after them)."""
     contains = None if query.payload_contains is None else ENCODER.encode(query.payload_contains)
     since, until = query.since, query.until
+    types = None if query.event_types is None else list(query.event_types)
     if query.correlation_id is not None:
-        return _QUERY_SQL["correlation"], (query.correlation_id,), (query.event_type, since, until, contains)
+        return _QUERY_SQL["correlation"], (query.correlation_id,), (types, since, until, contains)
     if contains is not None:
-        return _QUERY_SQL["payload"], (contains,), (query.event_type, since, until)
-    if query.event_type is not None:
-        return _QUERY_SQL["type"], (query.event_type,), (since, until)
+        return _QUERY_SQL["payload"], (contains,), (types, since, until)
+    if types is not None:
+        return _QUERY_SQL["type"], (types,), (since, until)
     if since is not None or until is not None:
         return _QUERY_SQL["time"], (since, until), ()
     return _READ_PAGE_SQL, (), ()

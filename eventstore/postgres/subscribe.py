@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import cast
 
 import asyncpg
 
@@ -15,6 +16,7 @@ from ..envelope import EventEnvelope
 from ..errors import DatabaseUnavailableError
 from .connections import Connections, connect, terminate
 from .errors import UNAVAILABLE
+from .fence import settle
 from .notifier import CHANNEL
 from .queries import QUERIES
 from .rows import row_to_event
@@ -22,12 +24,9 @@ from .rows import row_to_event
 log = logging.getLogger("eventstore.subscriptions")
 
 FALLBACK_POLL = 1.0  # seconds: wakes a subscriber even when no notification arrives
-FENCE_WAIT_MS = 100  # server-side wait for in-flight commits per fence call
 RECONNECT_ATTEMPTS = 5
 
-_MARK_SQL: str = QUERIES.subscription_fence_mark.sql
-_WAIT_SQL: str = QUERIES.subscription_fence_wait.sql
-_PAGE_SQL: str = QUERIES.subscription_page.sql
+_PAGE_SQL: str = QUERIES.read_events_page.sql
 
 
 async def follow(connections: Connections, after: int, page_size: int) -> AsyncIterator[EventEnvelope]:
@@ -40,9 +39,8 @@ async def follow(connections: Connections, after: int, page_size: int) -> AsyncI
                 conn = await _listen(connections, wake)
             wake.clear()
             try:
-                high_water, marker = await conn.fetchrow(_MARK_SQL, cursor)
-                while marker is not None and not await conn.fetchval(_WAIT_SQL, marker, FENCE_WAIT_MS):
-                    pass  # a transaction in flight outlasts the wait: keep waiting (delayed, never skipped)
+                # No timeout: a live stream waits for transactions in flight (so never None).
+                high_water = cast(int, await settle(conn, cursor))
                 while cursor < high_water:
                     rows = await conn.fetch(_PAGE_SQL, cursor, high_water, page_size)
                     for row in rows:

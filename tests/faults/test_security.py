@@ -33,7 +33,7 @@ from eventstore import (
     SchemaNotReadyError,
     create_event_journal,
 )
-from eventstore.postgres.schema import downgrade_schema, schema_status, upgrade_schema
+from eventstore.postgres.schema import downgrade_schema, schema_status, shipped_migration_ids, upgrade_schema
 
 from ..helpers import event, read_all
 from .pgcluster import ThrowawayCluster
@@ -41,6 +41,9 @@ from .pgcluster import ThrowawayCluster
 GUARD = 60  # seconds: liveness bound for waits that could hang (not a timing assertion)
 ROLES = ("eventstore_writer", "eventstore_reader")
 # A distinctive password with characters that must be URL-quoted; and the wrong one.
+LATEST = shipped_migration_ids()[-1]
+AFTER_0003 = [m for m in shipped_migration_ids() if m > "0004"]  # 0004_roles and every later one
+
 SECRET = "Zq9-S3cr3t/p@ss%w0rd"
 WRONG = "Wr0ng-Qx7/k@y%pw"
 
@@ -278,7 +281,7 @@ async def test_rollback_of_0004_revokes_this_schemas_grants_and_upgrade_is_rerun
     with pytest.raises(SchemaNotReadyError, match="0004_roles"):  # and the owner is told what is missing
         await PostgresEventJournal(database_url, pool_size=1).initialize()
 
-    assert await asyncio.to_thread(upgrade_schema, database_url) == ["0004_roles"]
+    assert await asyncio.to_thread(upgrade_schema, database_url) == ["0004_roles"]  # 0005 and 0006 stayed
     assert await asyncio.to_thread(upgrade_schema, database_url) == []
     assert all(_privileges(database_url).values())
     async with PostgresEventJournal(writer_url, pool_size=1) as journal:
@@ -286,8 +289,8 @@ async def test_rollback_of_0004_revokes_this_schemas_grants_and_upgrade_is_rerun
 
     # The whole stack down and up again, in this database and in a second schema.
     await asyncio.to_thread(upgrade_schema, database_url, "tenant_sec")
-    assert (await asyncio.to_thread(downgrade_schema, database_url))[0] == "0004_roles"
-    assert (await asyncio.to_thread(upgrade_schema, database_url))[-1] == "0004_roles"
+    assert (await asyncio.to_thread(downgrade_schema, database_url))[0] == LATEST
+    assert (await asyncio.to_thread(upgrade_schema, database_url))[-1] == LATEST
     assert all(_privileges(database_url).values())
     async with PostgresEventJournal(writer_url + "?schema=tenant_sec", pool_size=1) as journal:
         assert journal.schema == "tenant_sec" and await journal.append_event(event()) is True
@@ -309,7 +312,7 @@ def test_roles_are_created_race_free_and_dropped_only_when_nothing_needs_them():
         # Four databases migrate at once while no role exists yet: every CREATE ROLE races.
         with ThreadPoolExecutor(len(names)) as pool:
             results = list(pool.map(lambda n: upgrade_schema(pg.url(dbname=n)), names))
-        assert all(r[-1] == "0004_roles" for r in results)
+        assert all(r[-1] == LATEST for r in results)
         assert role_names() == set(ROLES)
 
         # Rollbacks racing upgrades: whoever loses a DROP ROLE race re-creates the role.
@@ -384,9 +387,9 @@ def test_owner_migrates_after_a_dba_creates_the_roles_and_the_app_writes_as_a_me
         with pytest.raises(EventStoreError) as info:
             upgrade_schema(owner_url(pg))
         assert "CREATEROLE" in str(info.value) and SECRET not in str(info.value)
-        assert [s.migration_id for s in schema_status(owner_url(pg)) if not s.applied] == ["0004_roles"]
+        assert [s.migration_id for s in schema_status(owner_url(pg)) if not s.applied] == AFTER_0003
         _dba_creates_roles(pg)
-        assert upgrade_schema(owner_url(pg)) == ["0004_roles"]
+        assert upgrade_schema(owner_url(pg)) == AFTER_0003
 
         async def as_app() -> None:
             async with PostgresEventJournal(app_url(pg), pool_size=1) as journal:
@@ -564,7 +567,7 @@ def test_pgpassfile_serves_journal_schema_commands_and_cli(tmp_path, jsonl, monk
 
         env = {"PGPASSFILE": str(passfile)}
         up = cli("schema", "upgrade", "--database-url", url, env=env)  # yoyo and psycopg
-        assert up.returncode == 0 and "applied 4 migration(s)" in up.stdout, up.stderr
+        assert up.returncode == 0 and f"applied {len(shipped_migration_ids())} migration(s)" in up.stdout, up.stderr
         status = cli("schema", "status", env={**env, "DATABASE_URL": url})
         assert status.returncode == 0 and "applied  0004_roles" in status.stdout, status.stderr
         imported = cli("import", str(jsonl), "--database-url", url, env=env)  # asyncpg
