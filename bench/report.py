@@ -15,6 +15,7 @@ FIGURES = {
     "append-latency": ("Sequential durable append latency", "bench/bench_append_latency.py"),
     "concurrent-appends": ("Concurrent single appends", "bench/bench_concurrent_appends.py"),
     "duplicates": ("Duplicate appends", "bench/bench_duplicates.py"),
+    "followers": ("Fenced reads at the head (followers)", "bench/bench_followers.py"),
     "replay": ("Replay", "bench/bench_replay.py"),
     "import": ("Import vs COPY", "bench/bench_import.py"),
     "queries": ("Read and query latency", "bench/bench_queries.py"),

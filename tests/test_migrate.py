@@ -383,3 +383,49 @@ async def test_second_concurrent_import_is_refused(tmp_path: Path, database_url:
     finally:
         await holder.close()
     assert cli("import", str(path), "--database-url", database_url).returncode == 0
+
+
+async def test_checkpoints_travel_through_import_verify_and_export(
+    tmp_path: Path, database_url: str, empty_database_url: str
+) -> None:
+    """A consumer's checkpoints are carried file → PostgreSQL → file, never moved back, and verify
+    fails while PostgreSQL's is missing or behind the file's."""
+    path = tmp_path / "credits.jsonl"
+    async with FileEventJournal(path) as journal:
+        await journal.append_many([event(entity_id="a") for _ in range(3)], checkpoint=("relay", 3))
+        await journal.append_many([], checkpoint=("audit", 7))
+        await journal.append_many([event(entity_id="a")], checkpoint=("relay", 4))
+
+    behind = cli("verify", str(path), "--database-url", database_url, "--json")
+    assert behind.returncode == 1 and json.loads(behind.stdout)["checkpoints_behind"] == 2
+    dry = json.loads(cli("import", str(path), "--dry-run", "--database-url", database_url, "--json").stdout)
+    assert dry["checkpoints"] == 2 and dry["repeated_lines"] == 0
+    async with PostgresEventJournal(database_url, pool_size=1) as journal:
+        assert await journal.checkpoint("relay") is None  # a dry run writes nothing
+
+    done = cli("import", str(path), "--database-url", database_url, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["inserted"] == 4 and report["checkpoints"] == 2 and report["repeated_lines"] == 0
+    async with PostgresEventJournal(database_url, pool_size=1) as journal:
+        assert (await journal.checkpoint("relay"), await journal.checkpoint("audit")) == (4, 7)
+        await journal.append_many([], checkpoint=("audit", 9))  # the consumer went on in PostgreSQL
+    ok = cli("verify", str(path), "--database-url", database_url)
+    assert ok.returncode == 0 and "2 checkpoint(s), 0 behind" in ok.stdout, ok.stdout
+    again = cli("import", str(path), "--database-url", database_url, "--json")  # never moves one back
+    assert again.returncode == 0 and json.loads(again.stdout)["inserted"] == 0
+    async with PostgresEventJournal(database_url, pool_size=1) as journal:
+        assert await journal.checkpoint("audit") == 9
+
+    back = tmp_path / "back.jsonl"
+    assert cli("export", str(back), "--database-url", database_url).returncode == 0
+    async with FileEventJournal(back, read_only=True) as exported:
+        assert (await exported.checkpoint("relay"), await exported.checkpoint("audit")) == (4, 9)
+        assert len([e async for e in exported.read_events(skip_corrupted=False)]) == 4
+        assert exported.get_metrics()["total_events"] == 4
+    # And on into another database: the exported file's checkpoints come along again.
+    upgrade = cli("schema", "upgrade", "--database-url", empty_database_url)
+    assert upgrade.returncode == 0, upgrade.stderr
+    assert cli("import", str(back), "--database-url", empty_database_url).returncode == 0
+    async with PostgresEventJournal(empty_database_url, pool_size=1) as journal:
+        assert await journal.checkpoint("audit") == 9

@@ -160,7 +160,10 @@ class FileEventJournal(BaseEventJournal):
         decoder = self.index.decoder(str(self.path))
         last = max(wanted)
         for number, line in lines.lines(self.index.size):
-            event = decoder.decode(number, line)
+            try:
+                event = decoder.decode(number, line)
+            except CorruptedEventError:
+                continue  # counted at open; not one of these events
             if event is None or event.position not in wanted:
                 continue
             found[wanted[event.position]] = (event.position, event.entity_version)  # type: ignore[index]
