@@ -170,7 +170,6 @@ def complete_line(event: EventEnvelope, line: bytes, last_position: int, version
     return msgspec.structs.replace(event, **changes)
 
 
-
 def checkpoint_line(name: str, position: int) -> bytes:
     """The line that stores checkpoint ``name`` at ``position``."""
     marker = uuid.uuid4()

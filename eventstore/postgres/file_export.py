@@ -18,8 +18,9 @@ _EVERY = 2**63 - 1  # no high-water bound: the snapshot is the bound (stop write
 async def export_to_file(database_url: str, target: str | os.PathLike[str], *, after: int = 0,
                          page_size: int = 1000, schema: str | None = None, progress: Any = None) -> int:
     """Write every event with position > ``after`` as JSONL lines FileEventJournal reads (positions
-    and entity versions as stored), in position order, then the consumers' checkpoints. Written to a temporary file in the same
-    folder, fsynced, then renamed over ``target``: readers see the old file or the whole new one."""
+    and entity versions as stored), in position order, then the consumers' checkpoints. Written to
+    a temporary file in the same folder, fsynced, then renamed over ``target``: readers see the old
+    file or the whole new one."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.export-{os.getpid()}.tmp")
