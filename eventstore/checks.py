@@ -12,6 +12,7 @@ from .envelope import ENCODER, EventEnvelope, check_payload_values, check_string
 from .errors import InvalidEventError
 
 MAX_CHECKPOINT_NAME = 255
+MAX_POSITION = 2**63 - 1
 
 
 def check_count(name: str, value: object, *, nullable: bool = False) -> None:
@@ -20,6 +21,13 @@ def check_count(name: str, value: object, *, nullable: bool = False) -> None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise InvalidEventError(name, f"must be an integer >= 0, got {value!r}")
+
+
+def check_position(name: str, value: object) -> None:
+    """A position to store: an integer in 0 .. 2**63-1 (a PostgreSQL BIGINT, in both backends)."""
+    check_count(name, value)
+    if value > MAX_POSITION:  # type: ignore[operator]  # check_count: an int
+        raise InvalidEventError(name, f"must be at most {MAX_POSITION}, got {value!r}")
 
 
 def check_expected_versions(expected_versions: object) -> None:
@@ -115,7 +123,7 @@ def check_checkpoint(checkpoint: object) -> tuple[str, int] | None:
         raise InvalidEventError("checkpoint", f"must be a (name, position) pair, got {checkpoint!r}")
     name, position = checkpoint
     check_checkpoint_name(name)
-    check_count("checkpoint position", position)
+    check_position("checkpoint position", position)
     return name, position
 
 
@@ -128,7 +136,7 @@ def check_entity_filter(entity_id: object) -> None:
 def check_snapshot_args(name: object, position: object) -> None:
     if not isinstance(name, str) or not 1 <= len(name) <= 200 or "\x00" in name:
         raise InvalidEventError("name", "a snapshot name is 1-200 characters without NUL")
-    check_count("position", position)
+    check_position("position", position)
 
 
 def encode_state(state: Any) -> bytes:

@@ -225,6 +225,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
               + (f"; {result.checkpoints} checkpoint(s), {result.checkpoints_behind} behind" if result.checkpoints else ""))
         for kind in ("missing", "different", "extra_in_database", "corrupt", "checkpoints_behind"):
             _print_examples(kind.replace("_", " "), result.examples[kind])
+        if result.checkpoints and result.positions_moved:
+            print(f"note: {result.positions_moved} event(s) have another position in PostgreSQL than in the file; a "
+                  "checkpoint counting this journal's positions points elsewhere (docs/migration.md)")
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

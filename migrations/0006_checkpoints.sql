@@ -60,7 +60,8 @@ BEGIN
     SELECT b.stored_position, b.stored_entity_version
       FROM credit_events_append_batch(p_event_ids, p_idempotency_keys, p_event_types, p_schema_versions, p_timestamps,
                                       p_actor_ids, p_correlation_ids, p_causation_ids, p_payloads, p_entity_ids,
-                                      p_expected_versions) AS b;
+                                      p_expected_versions) WITH ORDINALITY AS b(stored_position, stored_entity_version, ord)
+     ORDER BY b.ord;  -- one row per event, in the caller's order
 END;
 $$;
 

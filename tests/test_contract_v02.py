@@ -485,3 +485,18 @@ async def test_another_instance_reads_the_checkpoint(open_journal):
         assert len(await read_all(other)) == 1
     finally:
         await other.close()
+
+
+async def test_out_of_range_numbers_get_one_answer_in_both_backends(journal):
+    """Beyond PostgreSQL's INTEGER versions and BIGINT positions: nothing to read, or refused, never a driver error."""
+    await journal.append_event(event(entity_id="e"))
+    assert [e async for e in journal.read_entity("e", after_version=2**31)] == []
+    assert [e async for e in journal.read_entity("e", after_version=2**40, backwards=True)] == []
+    assert [e.entity_version async for e in journal.read_entity("e", up_to_version=2**40)] == [1]
+    with pytest.raises(InvalidEventError, match="checkpoint position: must be at most"):
+        await journal.append_many([event()], checkpoint=("c", 2**63))
+    with pytest.raises(InvalidEventError, match="position: must be at most"):
+        await journal.save_snapshot("s", 2**63, {})
+    await journal.append_many([], checkpoint=("c", 2**63 - 1))
+    assert await journal.checkpoint("c") == 2**63 - 1
+    assert journal.get_metrics()["total_events"] == 1

@@ -4,16 +4,18 @@ corrupt lines, lines from older tools, group commit."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import msgspec
 import pytest
 
-from eventstore import CorruptedEventError, FileEventJournal, JournalLockedError
+from eventstore import CorruptedEventError, FileEventJournal, JournalLockedError, JournalWriteError
 from eventstore.envelope import ENCODER
 
 from .helpers import event, read_all, unstamped
@@ -161,3 +163,65 @@ async def test_failed_write_stores_nothing_and_journal_stays_usable(tmp_path):
             journal.group_commit.fd = real_fd
         assert await journal.append_event(event(entity_id="a"), expected_version=1) is True
         assert [e.entity_version for e in await read_all(journal)] == [1, 2]
+
+
+class FailingFsync:
+    """``os.fdatasync`` whose first call waits for ``release`` and then fails with EIO: a write
+    that reached the file but never became durable (the writer then cuts it off again)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        self.real = os.fdatasync
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            return self.real(fd)
+        self.entered.set()
+        self.release.wait(30)
+        raise OSError(errno.EIO, "injected I/O error")
+
+
+async def test_read_only_reader_never_sees_lines_before_they_are_durable(tmp_path, monkeypatch):
+    """A line written but not yet fdatasynced can still be taken back (and its position handed
+    out again): a reader in another process must neither read it nor count it in last_position."""
+    path = tmp_path / "credits.jsonl"
+    async with FileEventJournal(path) as writer, FileEventJournal(path, read_only=True) as reader:
+        await writer.append_event(event(payload={"n": 1}))
+        fsync = FailingFsync()
+        monkeypatch.setattr(os, "fdatasync", fsync)
+        phantom = asyncio.create_task(writer.append_event(event(payload={"phantom": True})))
+        await asyncio.to_thread(fsync.entered.wait, 30)
+        assert os.stat(path).st_size > writer.durable_size()  # the phantom line is in the file
+        assert await reader.last_position() == 1
+        assert [e.payload for e in await read_all(reader)] == [{"n": 1}]
+        fsync.release.set()
+        with pytest.raises(JournalWriteError):
+            await phantom
+        assert await writer.append_event(event(payload={"n": 2})) is True  # position 2, handed out again
+        assert [(e.position, e.payload) for e in await read_all(reader)] == [(1, {"n": 1}), (2, {"n": 2})]
+        assert await reader.last_position() == 2 and reader.index.corrupt_lines == 0
+
+
+async def test_retry_of_an_append_still_being_written_waits_for_its_outcome(tmp_path, monkeypatch):
+    """A retry whose key is staged but not durable does not answer "already stored" at once: if
+    the first attempt's write fails, the retry stores the event (PostgreSQL waits the same way)."""
+    async with FileEventJournal(tmp_path / "credits.jsonl") as journal:
+        fsync = FailingFsync()
+        monkeypatch.setattr(os, "fdatasync", fsync)
+        first = event(entity_id="a")
+        attempt = asyncio.create_task(journal.append_event(first))
+        await asyncio.to_thread(fsync.entered.wait, 30)
+        retries = [asyncio.create_task(journal.append_events([first])), asyncio.create_task(journal.append_event(first)),
+                   asyncio.create_task(journal.append(first))]
+        await asyncio.sleep(0.05)
+        assert not any(r.done() for r in retries)  # they wait for the first attempt's fsync
+        fsync.release.set()
+        with pytest.raises(JournalWriteError):
+            await attempt
+        flags = [await retries[0], await retries[1], (await retries[2]).stored]
+        assert flags == [[True], False, False]
+        assert [unstamped(e) for e in await read_all(journal)] == [first]
+        assert (await retries[2]).position == 1 and (await retries[2]).entity_version == 1

@@ -246,3 +246,31 @@ async def test_libpq_connect_timeout_in_the_url_is_the_default_and_not_sent_to_t
         assert journal.connections.connect_timeout == 7.0
     async with PostgresEventJournal(database_url + "?connect_timeout=7", pool_size=1, connect_timeout=3) as journal:
         assert journal.connections.connect_timeout == 3.0
+
+
+async def test_a_sequence_that_went_back_is_fenced_from_scratch(database_url):
+    """The journal remembers the highest settled mark to skip the wait at an idle head; if the
+    sequence goes back below it (a restore, a failover to a lagging standby), that shortcut would
+    vouch for an id still in flight. It must wait for it instead."""
+    admin = await asyncpg.connect(database_url)
+    held = await asyncpg.connect(database_url)
+    try:
+        async with PostgresEventJournal(database_url, pool_size=2) as journal:
+            await journal.append_event(event())
+            await admin.execute("SELECT setval('credit_events_id_seq', 100)")
+            assert await journal.last_position() == 100
+            await admin.execute("SELECT setval('credit_events_id_seq', 10)")
+            await held.execute("BEGIN")
+            await held.execute(
+                """INSERT INTO credit_events (event_id, idempotency_key, event_type, "timestamp", actor_id,
+                                              correlation_id, payload)
+                   VALUES (gen_random_uuid(), 'held', 'credits.minted', now(), 'tester', gen_random_uuid(), '{}')""")
+            polled = asyncio.create_task(journal.last_position())
+            await asyncio.sleep(0.3)
+            assert not polled.done(), "vouched for position 11 while it was still uncommitted"
+            await held.execute("COMMIT")
+            assert await asyncio.wait_for(polled, 30) == 11
+            assert [e.position for e in await read_all(journal)] == [1, 11]
+    finally:
+        await held.close()
+        await admin.close()

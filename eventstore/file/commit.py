@@ -199,11 +199,13 @@ class GroupCommit:
         durable_size = self.index.size
         view = memoryview(data)
         try:
-            self.marker.record(durable_size, durable_size + len(data))
+            end = durable_size + len(data)
+            self.marker.record(durable_size, end)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fdatasync(fd)
+            self.marker.record(end, end)  # durable up to here: read-only readers may read it
         except OSError:
             # Cut off whatever part of the batch reached the file: the batch is all or nothing.
             try:

@@ -91,7 +91,10 @@ class FileEventJournal(BaseEventJournal):
     def _recover_and_scan(self) -> None:
         if not self.read_only and self.path.exists():
             self.torn_tail_path = recover_tail(self.path, self._marker) or self.torn_tail_path
-        self.index.scan(self.path)
+        if self.read_only:
+            self.index.catch_up(self.path, self.durable_size())
+        else:
+            self.index.scan(self.path)
 
     async def close(self) -> None:
         if not self.is_open:
@@ -115,14 +118,12 @@ class FileEventJournal(BaseEventJournal):
         return self.group_commit.flushed if self.group_commit is not None else None
 
     def durable_size(self) -> int:
-        """Bytes of the file a reader may read: the writer's durable lines; in a read-only journal
-        the whole file, but not the lines of a write still in progress (the writer's marker),
-        which a crash would move aside."""
+        """Bytes of the file a reader may read: the durable lines. A read-only journal learns them
+        from the writer's marker: not the lines of a write still being written or fdatasynced,
+        which a crash or a failed fdatasync would take back."""
         if not self.read_only:
             return self.index.size
-        size = file_size(self.path)
-        unfinished = self._marker.unfinished_write_start(size)
-        return size if unfinished is None else unfinished
+        return self._marker.durable_size(file_size(self.path))
 
     def _caught_up(self) -> JournalIndex:
         """The index, up to date with the file (a read-only journal follows the writer)."""
@@ -140,7 +141,8 @@ class FileEventJournal(BaseEventJournal):
             raise ConfigurationError(f"file journal {self.path} was opened read_only")
 
     def _known_duplicate(self, key: str) -> bool:
-        return key in self.index.keys
+        position = self.index.keys.get(key)
+        return position is not None and position <= self.index.position  # durable, not merely staged
 
     async def _locate(self, keys: list[str]) -> dict[str, Location]:
         index = self.index
@@ -176,12 +178,27 @@ class FileEventJournal(BaseEventJournal):
         return results[0]
 
     async def _store_many(self, events: list[Checked], expected: list[int | None], checkpoint: Checkpoint | None) -> list[Stored]:
-        # Every check runs against the indexes as they would be after each earlier event, and
-        # nothing awaits between the checks and staging: no other append can interleave.
+        while True:
+            results = self._stage(events, expected, checkpoint)
+            if results is not None:
+                if checkpoint is not None or any(result is not None for result in results):
+                    await self._group_commit().commit()  # something was staged
+                return results
+            # Only duplicates of keys whose first append is still being written: their outcome
+            # is ours (stored, or failed and undone, and then these events are new).
+            await self._group_commit().drain()
+
+    def _group_commit(self) -> GroupCommit:
         self._check_open(writing=True)
-        commit = self.group_commit
-        if commit is None:  # not reached: _check_open(writing=True) passed
+        if self.group_commit is None:  # not reached: _check_open(writing=True) passed
             raise not_open()
+        return self.group_commit
+
+    def _stage(self, events: list[Checked], expected: list[int | None], checkpoint: Checkpoint | None) -> list[Stored] | None:
+        """Check and stage the batch; ``None`` when it holds only duplicates not durable yet.
+        Synchronous: every check runs against the indexes as they would be after each earlier
+        event, and no other append can interleave between the checks and staging."""
+        commit = self._group_commit()
         if checkpoint is not None:
             stored = commit.checkpoint_at(checkpoint[0])
             if stored is not None and checkpoint[1] <= stored:
@@ -189,8 +206,11 @@ class FileEventJournal(BaseEventJournal):
         index = self.index
         batch_versions: dict[str, int] = {}
         new: list[int] = []
+        in_flight = False  # a duplicate of a key staged but not durable yet
         for i, ((event, _), want) in enumerate(zip(events, expected, strict=True)):
-            if event.idempotency_key in index.keys:
+            position = index.keys.get(event.idempotency_key)
+            if position is not None:
+                in_flight = in_flight or position > index.position
                 continue
             if event.event_id.int in index.event_ints:
                 raise InvalidEventError("event_id", "already stored under a different idempotency_key")
@@ -203,12 +223,11 @@ class FileEventJournal(BaseEventJournal):
             new.append(i)
         results: list[Stored] = [None] * len(events)
         if not new and checkpoint is None:
-            return results
+            return None if in_flight else results
         for i in new:  # one flush holds them all: one write() and one fsync, all or none
             results[i] = commit.stage(*events[i])
         if checkpoint is not None:
             commit.stage_checkpoint(*checkpoint)
-        await commit.commit()
         return results
 
     async def _load_checkpoint(self, name: str) -> int | None:

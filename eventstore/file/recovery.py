@@ -62,9 +62,12 @@ class WriterLock:
 
 
 class WriteMarker:
-    """``<journal>.writing``: where the write in progress begins and ends. A SIGKILL can stop a
-    large ``write()`` after some whole lines; recovery then moves those lines aside too, so the
-    lines of one flush (an ``append_events`` batch among them) are all kept or all cut off.
+    """``<journal>.writing``: where the write in progress begins and ends, ``(start, end)``, set
+    before each ``write()``; ``(end, end)`` once it is fdatasynced. A SIGKILL can stop a large
+    ``write()`` after some whole lines; recovery then moves those lines aside too, so the lines
+    of one flush (an ``append_events`` batch among them) are all kept or all cut off. Readers in
+    other processes read no further than ``start``: the lines after it are not durable yet (a
+    failed fdatasync truncates them and their positions are handed out again).
     Not fsynced: it lives in the page cache, which outlives a killed process (not a power cut)."""
 
     def __init__(self, journal_path: Path) -> None:
@@ -81,6 +84,18 @@ class WriteMarker:
             return None
         start, end = _MARKER.unpack_from(data)
         return start if start < size < end else None
+
+    def durable_size(self, size: int) -> int:
+        """How much of a file of ``size`` bytes a reader in another process may read: up to the
+        start of the write in progress (the whole file when no writer ever left a marker)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return size
+        if len(data) < _MARKER.size:
+            return size
+        start, _ = _MARKER.unpack_from(data)
+        return min(start, size)
 
     def open(self) -> None:
         """Start from an empty marker (recovery has read the old one)."""

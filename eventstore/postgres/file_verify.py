@@ -25,6 +25,9 @@ class VerifyResult:
     corrupt: int = 0
     checkpoints: int = 0  # consumers' checkpoints in the file
     checkpoints_behind: int = 0  # missing in PostgreSQL, or at a lower position than the file's
+    # Identical events at another position than in the file (an import into a non-empty database):
+    # a checkpoint counting positions of this journal then points elsewhere (docs/migration.md).
+    positions_moved: int = 0
     examples: dict[str, list[str]] = field(
         default_factory=lambda: {"missing": [], "different": [], "extra_in_database": [], "corrupt": [], "checkpoints_behind": []}
     )
@@ -44,7 +47,8 @@ class VerifyResult:
         return {
             "ok": self.ok, "events": self.events, "matched": self.matched, "missing": self.missing,
             "different": self.different, "extra_in_database": self.extra_in_database, "corrupt": self.corrupt,
-            "checkpoints": self.checkpoints, "checkpoints_behind": self.checkpoints_behind, "examples": self.examples,
+            "checkpoints": self.checkpoints, "checkpoints_behind": self.checkpoints_behind,
+            "positions_moved": self.positions_moved, "examples": self.examples,
         }
 
 
@@ -75,6 +79,7 @@ async def verify_file(source: str | os.PathLike[str], database_url: str, *, batc
                     result._example("different", f"line {number}: {event.idempotency_key} ({', '.join(fields)})")
                 else:
                     result.matched += 1
+                    result.positions_moved += found.position != event.position
             if progress is not None:
                 progress(reader.bytes_read, reader.size, result.matched + result.missing + result.different)
         position = 0

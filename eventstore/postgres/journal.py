@@ -183,6 +183,11 @@ class PostgresEventJournal(BaseEventJournal):
         timeout = self.connections.statement_timeout
         async with self.connections.acquire() as conn:
             high_water = await settle(conn, self._settled, timeout)
+            if high_water is not None and high_water < self._settled:
+                # The sequence went back (a restore, a failover to a lagging standby): the mark
+                # remembered is no longer settled anywhere. Take the fence from scratch.
+                self._settled = 0
+                high_water = await settle(conn, 0, timeout)
         if high_water is None:
             raise self.errors.fence_timeout(timeout, self._settled)
         self._settled = max(self._settled, high_water)
@@ -219,6 +224,8 @@ class PostgresEventJournal(BaseEventJournal):
         sql = _ENTITY_SQL[ranged, read.backwards]
         head: tuple[Any, ...] = (read.entity_id, read.since, read.until) if ranged else (read.entity_id,)
         low, high = read.after_version, _MAX_VERSION if read.up_to_version is None else min(read.up_to_version, _MAX_VERSION)
+        if low >= _MAX_VERSION:
+            return  # no version is above it (entity_version is an INTEGER)
         remaining = read.limit
         while remaining is None or remaining > 0:
             page_size = self.page_size if remaining is None else min(self.page_size, remaining)
