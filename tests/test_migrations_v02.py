@@ -70,7 +70,7 @@ def test_0005_widens_without_rewriting_the_table_or_its_indexes(empty_database_u
     before = storage(url)
     assert sql(url, "SELECT character_maximum_length FROM information_schema.columns "
                     "WHERE table_name = 'credit_events' AND column_name = 'event_type'") == 50
-    assert upgrade_schema(url) == ["0005_event_type_255", "0006_checkpoints"]
+    assert upgrade_schema(url) == ["0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers"]
     assert storage(url) == before  # catalog-only: same files on disk, no rewrite, no index rebuild
     assert sql(url, "SELECT character_maximum_length FROM information_schema.columns "
                     "WHERE table_name = 'credit_events' AND column_name = 'event_type'") == 255
@@ -81,14 +81,15 @@ async def test_new_migrations_go_down_and_up_again_with_events_kept(database_url
     async with PostgresEventJournal(database_url, pool_size=1) as journal:
         await journal.append_many([event(entity_id="acct-1") for _ in range(5)], checkpoint=("relay", 10))
         before = await read_all(journal)
-    assert roll_back_to(database_url, "0004_roles") == ["0006_checkpoints", "0005_event_type_255"]
+    assert roll_back_to(database_url, "0004_roles") == [
+        "0007_fence_waits_for_writers", "0006_checkpoints", "0005_event_type_255"]
     assert [s.migration_id for s in schema_status(database_url) if not s.applied] == [
-        "0005_event_type_255", "0006_checkpoints"]
+        "0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers"]
     assert sql(database_url, "SELECT to_regclass('credit_checkpoints') IS NULL") is True
     with pytest.raises(EventStoreError, match="eventstore schema upgrade"):
         await PostgresEventJournal(database_url, pool_size=1).initialize()
 
-    assert upgrade_schema(database_url) == ["0005_event_type_255", "0006_checkpoints"]
+    assert upgrade_schema(database_url) == ["0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers"]
     async with PostgresEventJournal(database_url, pool_size=1) as journal:
         assert await read_all(journal) == before  # the events did not move
         assert await journal.checkpoint("relay") is None  # consumers' progress went with the table
@@ -102,12 +103,13 @@ async def test_0005_rollback_refuses_while_a_longer_type_is_stored(database_url)
         await journal.append_event(event(LONG_TYPE))
     with pytest.raises(psycopg.Error, match="an event_type of 56 characters is stored"):
         roll_back_to(database_url, "0004_roles")
-    # 0006 went down in its own transaction; 0005 stayed, with the event.
-    assert [s.migration_id for s in schema_status(database_url) if not s.applied] == ["0006_checkpoints"]
+    # 0007 and 0006 went down in their own transactions; 0005 stayed, with the event.
+    assert [s.migration_id for s in schema_status(database_url) if not s.applied] == [
+        "0006_checkpoints", "0007_fence_waits_for_writers"]
     assert sql(database_url, "SELECT event_type FROM credit_events") == LONG_TYPE
     assert sql(database_url, "SELECT character_maximum_length FROM information_schema.columns "
                              "WHERE table_name = 'credit_events' AND column_name = 'event_type'") == 255
-    assert upgrade_schema(database_url) == ["0006_checkpoints"]
+    assert upgrade_schema(database_url) == ["0006_checkpoints", "0007_fence_waits_for_writers"]
 
 
 async def test_writer_and_reader_roles_get_checkpoint_privileges(database_url):

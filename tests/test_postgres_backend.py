@@ -49,13 +49,13 @@ async def test_missing_schema_names_the_fix(empty_database_url):
 async def test_upgrade_then_downgrade_then_not_ready(empty_database_url):
     assert upgrade_schema(empty_database_url) == [
         "0001_credit_events", "0002_subscription_fence", "0003_snapshots", "0004_roles", "0005_event_type_255",
-        "0006_checkpoints"]
+        "0006_checkpoints", "0007_fence_waits_for_writers"]
     assert upgrade_schema(empty_database_url) == []
     assert all(state.applied for state in schema_status(empty_database_url))
     async with PostgresEventJournal(empty_database_url) as journal:
         assert await journal.append_event(event()) is True
     assert downgrade_schema(empty_database_url) == [
-        "0006_checkpoints", "0005_event_type_255", "0004_roles", "0003_snapshots", "0002_subscription_fence", "0001_credit_events"]
+        "0007_fence_waits_for_writers", "0006_checkpoints", "0005_event_type_255", "0004_roles", "0003_snapshots", "0002_subscription_fence", "0001_credit_events"]
     with pytest.raises(SchemaNotReadyError):
         await PostgresEventJournal(empty_database_url).initialize()
 
@@ -274,3 +274,35 @@ async def test_a_sequence_that_went_back_is_fenced_from_scratch(database_url):
     finally:
         await held.close()
         await admin.close()
+
+
+async def test_a_long_transaction_on_another_table_does_not_hold_back_reads(database_url):
+    """The fence waits for writers of credit_events only: an open write transaction on another
+    table (it holds an xid older than the fence's marker) delays no read, while an open insert
+    into credit_events does, until it ends."""
+    other = await asyncpg.connect(database_url)
+    writer = await asyncpg.connect(database_url)
+    try:
+        await other.execute("CREATE TABLE unrelated (n int)")
+        await other.execute("BEGIN")
+        await other.execute("INSERT INTO unrelated VALUES (1)")  # an xid, held open
+        async with PostgresEventJournal(database_url, pool_size=2, statement_timeout=2.0) as journal:
+            await journal.append_event(event())
+            assert await asyncio.wait_for(journal.last_position(), 1.5) == 1
+            assert [e.position for e in await asyncio.wait_for(read_all(journal), 1.5)] == [1]
+
+            await writer.execute("BEGIN")
+            await writer.execute(
+                """INSERT INTO credit_events (event_id, idempotency_key, event_type, "timestamp", actor_id,
+                                              correlation_id, payload)
+                   VALUES (gen_random_uuid(), 'held', 'credits.minted', now(), 'tester', gen_random_uuid(), '{}')""")
+            await journal.append_event(event())  # position 3, committed behind the open position 2
+            polled = asyncio.create_task(journal.last_position())
+            await asyncio.sleep(0.3)
+            assert not polled.done()  # position 2 may still commit: wait for it
+            await writer.execute("COMMIT")
+            assert await asyncio.wait_for(polled, 1.5) == 3
+        await other.execute("ROLLBACK")
+    finally:
+        await other.close()
+        await writer.close()
