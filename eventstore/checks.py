@@ -111,7 +111,7 @@ def check_entity_range(after_version: object, up_to_version: object, backwards: 
 
 def check_checkpoint_name(name: object) -> None:
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_CHECKPOINT_NAME:
-        raise InvalidEventError("checkpoint", f"a checkpoint name is a string of 1-{MAX_CHECKPOINT_NAME} characters, got {name!r}")
+        raise InvalidEventError("checkpoint", f"a checkpoint name is a string of 1-{MAX_CHECKPOINT_NAME} characters, got {name!r:.80}")
     check_string_content("checkpoint", name)
 
 
@@ -120,7 +120,7 @@ def check_checkpoint(checkpoint: object) -> tuple[str, int] | None:
     if checkpoint is None:
         return None
     if not isinstance(checkpoint, tuple | list) or len(checkpoint) != 2:
-        raise InvalidEventError("checkpoint", f"must be a (name, position) pair, got {checkpoint!r}")
+        raise InvalidEventError("checkpoint", f"must be a (name, position) pair, got {checkpoint!r:.80}")
     name, position = checkpoint
     check_checkpoint_name(name)
     check_position("checkpoint position", position)
