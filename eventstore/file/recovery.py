@@ -76,6 +76,20 @@ class WriteMarker:
 
     def unfinished_write_start(self, size: int) -> int | None:
         """Where the last write began, when the file ends inside it (the write was cut short)."""
+        marked = self._read()
+        if marked is None:
+            return None
+        start, end = marked
+        return start if start < size < end else None
+
+    def durable_size(self, size: int) -> int:
+        """How much of a file of ``size`` bytes a reader in another process may read: up to the
+        start of the write in progress (the whole file when no writer ever left a marker)."""
+        marked = self._read()
+        return size if marked is None else min(marked[0], size)
+
+    def _read(self) -> tuple[int, int] | None:
+        """``(start, end)``, or ``None`` when there is no marker (yet)."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -83,19 +97,7 @@ class WriteMarker:
         if len(data) < _MARKER.size:
             return None
         start, end = _MARKER.unpack_from(data)
-        return start if start < size < end else None
-
-    def durable_size(self, size: int) -> int:
-        """How much of a file of ``size`` bytes a reader in another process may read: up to the
-        start of the write in progress (the whole file when no writer ever left a marker)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return size
-        if len(data) < _MARKER.size:
-            return size
-        start, _ = _MARKER.unpack_from(data)
-        return min(start, size)
+        return start, end
 
     def open(self) -> None:
         """Start from an empty marker (recovery has read the old one)."""
