@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import tempfile
-import time
 from typing import Any
 
 from common import (
@@ -29,21 +28,12 @@ from common import (
     machine_facts,
     make_events,
     print_table,
+    timed,
     url,
     write_result,
 )
 
 from eventstore import FileEventJournal, PostgresEventJournal
-
-
-async def timed(calls: list[Any]) -> list[float]:
-    samples = []
-    clock = time.perf_counter
-    for call in calls:
-        t0 = clock()
-        await call()
-        samples.append(clock() - t0)
-    return samples
 
 
 async def run(n: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -19,6 +19,7 @@ from common import (
     machine_facts,
     make_events,
     print_table,
+    timed,
     url,
     write_result,
 )
@@ -26,16 +27,6 @@ from common import (
 from eventstore import PostgresEventJournal
 
 UNFENCED_PAGE = "SELECT id, payload FROM credit_events WHERE id > $1 ORDER BY id LIMIT 1000"
-
-
-async def sample(call: Any, n: int) -> list[float]:
-    samples = []
-    clock = time.perf_counter
-    for _ in range(n):
-        t0 = clock()
-        await call()
-        samples.append(clock() - t0)
-    return samples
 
 
 async def measure(journal: PostgresEventJournal, n: int) -> dict[str, list[float]]:
@@ -54,8 +45,8 @@ async def measure(journal: PostgresEventJournal, n: int) -> dict[str, list[float
         async def unfenced() -> None:
             await stmt.fetch(last)
 
-        bare = await sample(unfenced, n)
-    lp = await sample(journal.last_position, n)
+        bare = await timed([unfenced] * n)
+    lp = await timed([journal.last_position] * n)
     for _ in range(n):
         await head_read()
     return {"read_events_at_head": head_reads, "last_position": lp, "unfenced_page": bare}

@@ -8,6 +8,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,17 @@ def bare_args(event: EventEnvelope, version: int | None) -> tuple[Any, ...]:
 def file_line(event: EventEnvelope, position: int, version: int | None) -> bytes:
     """The exact line FileEventJournal writes for this event."""
     return ENCODER.encode(msgspec.structs.replace(event, position=position, entity_version=version)) + b"\n"
+
+
+async def timed(calls: list[Any]) -> list[float]:
+    """Seconds each awaited call took, one after another."""
+    samples = []
+    clock = time.perf_counter
+    for call in calls:
+        t0 = clock()
+        await call()
+        samples.append(clock() - t0)
+    return samples
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -197,7 +197,7 @@ class BaseEventJournal(abc.ABC):
 
     def read_events(self, *, after: int = 0, skip_corrupted: bool = True) -> AsyncIterator[EventEnvelope]:
         """Every event with ``position > after``, in position order, in bounded memory; up to the
-        settled high-water mark taken when the call starts (``last_position``), so a follower that
+        settled high-water mark taken when iteration starts (``last_position``), so a follower that
         pages with ``after=<last position seen>`` never skips an event committed late."""
         check_count("after", after)
         self._check_open(writing=False)
@@ -247,7 +247,7 @@ class BaseEventJournal(abc.ABC):
         limit: int | None = None,
     ) -> AsyncIterator[EventEnvelope]:
         """Events matching every given filter, in position order, at most ``limit`` of them, up to
-        the settled high-water mark taken when the call starts (as ``read_events``). ``event_type``
+        the settled high-water mark taken when iteration starts (as ``read_events``). ``event_type``
         is one type or a list of types (any of them)."""
         event_types = check_query(event_type, correlation_id, payload_contains, after, limit)
         check_range(since, until)

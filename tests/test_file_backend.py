@@ -15,7 +15,7 @@ import threading
 import msgspec
 import pytest
 
-from eventstore import CorruptedEventError, FileEventJournal, JournalLockedError, JournalWriteError
+from eventstore import ConcurrencyError, CorruptedEventError, FileEventJournal, JournalLockedError, JournalWriteError
 from eventstore.envelope import ENCODER
 
 from .helpers import event, read_all, unstamped
@@ -211,16 +211,21 @@ async def test_retry_of_an_append_still_being_written_waits_for_its_outcome(tmp_
     async with FileEventJournal(tmp_path / "credits.jsonl") as journal:
         fsync = FailingFsync()
         monkeypatch.setattr(os, "fdatasync", fsync)
-        first = event(entity_id="a")
-        attempt = asyncio.create_task(journal.append_event(first))
+        first, loose = event(entity_id="a"), event()  # loose: no entity
+        attempt = asyncio.create_task(journal.append_events([first, loose]))
         await asyncio.to_thread(fsync.entered.wait, 30)
         retries = [asyncio.create_task(journal.append_events([first])), asyncio.create_task(journal.append_event(first)),
                    asyncio.create_task(journal.append(first))]
+        # An entity-less retry with expected_version 2 is a duplicate only if its first attempt stored it.
+        loose_retry = asyncio.create_task(journal.append(loose, expected_version=2))
         await asyncio.sleep(0.05)
-        assert not any(r.done() for r in retries)  # they wait for the first attempt's fsync
+        assert not any(r.done() for r in [*retries, loose_retry])  # they wait for the first attempt's fsync
         fsync.release.set()
         with pytest.raises(JournalWriteError):
             await attempt
+        with pytest.raises(ConcurrencyError) as conflict:
+            await loose_retry
+        assert (conflict.value.entity_id, conflict.value.expected, conflict.value.actual) == (None, 2, 0)
         flags = [await retries[0], await retries[1], (await retries[2]).stored]
         assert flags == [[True], False, False]
         assert [unstamped(e) for e in await read_all(journal)] == [first]

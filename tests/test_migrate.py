@@ -412,6 +412,7 @@ async def test_checkpoints_travel_through_import_verify_and_export(
         await journal.append_many([], checkpoint=("audit", 9))  # the consumer went on in PostgreSQL
     ok = cli("verify", str(path), "--database-url", database_url)
     assert ok.returncode == 0 and "2 checkpoint(s), 0 behind" in ok.stdout, ok.stdout
+    assert "another position" not in ok.stdout  # an import into an empty database keeps positions
     again = cli("import", str(path), "--database-url", database_url, "--json")  # never moves one back
     assert again.returncode == 0 and json.loads(again.stdout)["inserted"] == 0
     async with PostgresEventJournal(database_url, pool_size=1) as journal:
@@ -423,9 +424,16 @@ async def test_checkpoints_travel_through_import_verify_and_export(
         assert (await exported.checkpoint("relay"), await exported.checkpoint("audit")) == (4, 9)
         assert len([e async for e in exported.read_events(skip_corrupted=False)]) == 4
         assert exported.get_metrics()["total_events"] == 4
-    # And on into another database: the exported file's checkpoints come along again.
+    # And on into another database that already holds an event: the checkpoints come along
+    # again, the events land one position later, and verify says so.
     upgrade = cli("schema", "upgrade", "--database-url", empty_database_url)
     assert upgrade.returncode == 0, upgrade.stderr
+    async with PostgresEventJournal(empty_database_url, pool_size=1) as journal:
+        await journal.append_event(event())
     assert cli("import", str(back), "--database-url", empty_database_url).returncode == 0
     async with PostgresEventJournal(empty_database_url, pool_size=1) as journal:
         assert await journal.checkpoint("audit") == 9
+    moved = cli("verify", str(back), "--database-url", empty_database_url)
+    assert moved.returncode == 0 and "4 event(s) have another position in PostgreSQL" in moved.stdout, moved.stdout
+    report = json.loads(cli("verify", str(back), "--database-url", empty_database_url, "--json").stdout)
+    assert report["positions_moved"] == 4 and report["extra_in_database"] == 1

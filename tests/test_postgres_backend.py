@@ -306,3 +306,46 @@ async def test_a_long_transaction_on_another_table_does_not_hold_back_reads(data
     finally:
         await other.close()
         await writer.close()
+
+
+async def test_a_read_behind_a_long_writer_fails_after_statement_timeout_saying_why(database_url):
+    """A transaction that inserted into credit_events and stays open holds back position-order
+    reads (a lower position may still commit): after statement_timeout they fail with one clear
+    error instead of hanging, and read everything once it ends."""
+    held = await asyncpg.connect(database_url)
+    try:
+        async with PostgresEventJournal(database_url, pool_size=2, statement_timeout=1.0) as journal:
+            await journal.append_event(event())
+            await held.execute("BEGIN")
+            await held.execute(
+                """INSERT INTO credit_events (event_id, idempotency_key, event_type, "timestamp", actor_id,
+                                              correlation_id, payload)
+                   VALUES (gen_random_uuid(), 'held', 'credits.minted', now(), 'tester', gen_random_uuid(), '{}')""")
+            await journal.append_event(event())
+            with pytest.raises(DatabaseUnavailableError, match="long transaction") as info:
+                await asyncio.wait_for(read_all(journal, after=1), 30)
+            assert "statement timeout (1 s)" in str(info.value)
+            with pytest.raises(DatabaseUnavailableError, match="long transaction"):
+                await asyncio.wait_for(journal.last_position(), 30)
+            await held.execute("COMMIT")
+            assert [e.position for e in await read_all(journal)] == [1, 2, 3]
+    finally:
+        await held.close()
+
+
+async def test_polling_an_idle_head_spends_no_transaction_id(database_url):
+    """The journal remembers the mark it settled: followers polling a journal nobody writes to
+    must not burn an xid per call (each one brings anti-wraparound vacuum closer)."""
+    async with PostgresEventJournal(database_url, pool_size=1) as journal:
+        await journal.append_event(event())
+        head = await journal.last_position()
+
+        async def next_xid() -> int:
+            async with journal.connections.acquire() as conn:
+                return int(await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+
+        before = await next_xid()
+        for _ in range(20):
+            assert await journal.last_position() == head
+            assert await read_all(journal, after=head) == []
+        assert await next_xid() - before < 5  # nothing else writes here; 40 fences would be >= 40

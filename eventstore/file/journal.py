@@ -18,7 +18,6 @@ from ..errors import (
     ConfigurationError,
     CorruptedEventError,
     InvalidEventError,
-    JournalWriteError,
 )
 from ..jsonl import LineCursor
 from .commit import GroupCommit
@@ -150,9 +149,11 @@ class FileEventJournal(BaseEventJournal):
         if not wanted:
             return {}
         if max(wanted) > index.position and self.group_commit is not None:
-            await self.group_commit.drain()  # the first append of a key is still being written
-            if any(index.keys.get(key) != position for position, key in wanted.items()):
-                raise JournalWriteError(0, f"the first append of this idempotency_key to {self.path} failed; append it again")
+            # A first append still being written decides: stored, or failed and undone (not stored).
+            await self.group_commit.drain()
+            wanted = {position: key for position, key in wanted.items() if index.keys.get(key) == position}
+            if not wanted:
+                return {}
         return await asyncio.to_thread(self._read_locations, wanted)
 
     def _read_locations(self, wanted: dict[int, str]) -> dict[str, Location]:
