@@ -7,7 +7,16 @@ PGPORT ?= 5432
 PGUSER ?= postgres
 export PGHOST PGPORT PGUSER
 
-.PHONY: venv demo test test-long lint bench bench-quick postgres clean
+# The SQL linters of make lint: squawk (npm, pinned, project-local) and plpgsql_check (Debian).
+SQUAWK_VERSION ?= 2.66.0
+TOOLS          ?= .tools
+SQUAWK         := $(TOOLS)/node_modules/.bin/squawk
+PG_MAJOR       ?= 15
+PLPGSQL_CHECK  := /usr/share/postgresql/$(PG_MAJOR)/extension/plpgsql_check.control
+SUDO           := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL    := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+
+.PHONY: venv demo test test-long lint sql-lint-tools bench bench-quick postgres clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,10 +50,28 @@ bench: venv postgres
 bench-quick: venv postgres
 	$(BIN)/python bench/run_all.py --quick
 
-# ruff, and the import-linter contracts of pyproject.toml (layers, no cycles, asyncpg only in postgres/).
-lint: venv
+# ruff, the import-linter contracts of pyproject.toml (layers, no cycles, asyncpg only in
+# postgres/), and the SQL linters over migrations/ (scripts/lint-sql.sh: squawk, plpgsql_check
+# on a throwaway database of the local PostgreSQL).
+lint: venv postgres sql-lint-tools
 	$(BIN)/ruff check eventstore tests bench
 	$(BIN)/lint-imports
+	SQUAWK=$(SQUAWK) PYTHON=$(BIN)/python bash scripts/lint-sql.sh
+
+# The SQL linters, installed once: squawk from npm into $(TOOLS)/ (pinned; the npm package
+# carries the binary in its per-platform dependency, nothing is downloaded at install time),
+# plpgsql_check from Debian into the local PostgreSQL $(PG_MAJOR).
+sql-lint-tools: $(TOOLS)/.squawk-$(SQUAWK_VERSION) $(PLPGSQL_CHECK)
+
+$(TOOLS)/.squawk-$(SQUAWK_VERSION):
+	@command -v npm >/dev/null || { echo "squawk needs Node.js and npm (Debian: apt-get install npm)" >&2; exit 1; }
+	npm install --prefix $(TOOLS) --no-save --no-audit --no-fund --loglevel=error squawk-cli@$(SQUAWK_VERSION)
+	$(SQUAWK) --version | grep -qx 'squawk $(SQUAWK_VERSION)'
+	touch $@
+
+$(PLPGSQL_CHECK):
+	$(APT_INSTALL) postgresql-$(PG_MAJOR)-plpgsql-check \
+	  || { $(SUDO) apt-get update -q && $(APT_INSTALL) postgresql-$(PG_MAJOR)-plpgsql-check; }
 
 clean:
 	rm -rf $(VENV) build dist storage .pytest_cache

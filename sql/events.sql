@@ -40,6 +40,10 @@ SELECT idempotency_key, id, entity_version
 -- The entity's current version: a backward probe of credit_events_entity_version_key.
 SELECT coalesce(max(entity_version), 0) FROM credit_events WHERE entity_id = :entity_id;
 
--- name: count_events()$
--- Exact count for get_metrics(), taken once at initialize (an index-only scan of the primary key).
-SELECT count(*) FROM credit_events;
+-- name: estimated_events()$
+-- get_metrics()'s total_events at initialize: the planner's row estimate (pg_class.reltuples, kept by autovacuum and ANALYZE), read without touching the table, so startup costs the same at a billion rows; -1 before the first VACUUM or ANALYZE.
+SELECT c.reltuples::bigint FROM pg_class AS c WHERE c.oid = 'credit_events'::regclass;
+
+-- name: count_events_up_to(bound)$
+-- The exact count while the table is small: an index-only scan of idx_credit_events_sequence that stops after :bound rows, run only when the estimate is below it.
+SELECT count(*) FROM (SELECT FROM credit_events LIMIT :bound) AS head;

@@ -10,7 +10,7 @@ SELECT pg_try_advisory_lock(1701147248, 0);
 SELECT pg_advisory_unlock(1701147248, 0);
 
 -- name: import_batch(event_ids, idempotency_keys, event_types, schema_versions, timestamps, actor_ids, correlation_ids, causation_ids, payloads, entity_ids, entity_versions)
--- One statement per batch, so one round trip and atomic in autocommit. The batch's entities are locked first, in a fixed order and with the key credit_events_append uses, so a live append to one of them waits and then numbers after the imported versions. The file's entity_version is inserted as is: credit_events_entity_version_key then refuses a version taken by another event. Ids are drawn in file order (ORDER BY ord below the insert). Keys already stored are left out by an anti-join, cheaper than ON CONFLICT's speculative insertion; a key committed by someone else meanwhile raises a unique violation and the batch is redone with import_batch_on_conflict.
+-- One statement per batch, so one round trip and atomic in autocommit. The batch's entities are locked first by credit_events_lock_entities (migration 0008), the one lock step of every write path, so a live append to one of them waits and then numbers after the imported versions, and an import and a live batch never deadlock. The file's entity_version is inserted as is: credit_events_entity_version_key then refuses a version taken by another event. Ids are drawn in file order (ORDER BY ord below the insert). Keys already stored are left out by an anti-join, cheaper than ON CONFLICT's speculative insertion; a key committed by someone else meanwhile raises a unique violation and the batch is redone with import_batch_on_conflict.
 WITH batch AS (
     SELECT *
       FROM unnest(:event_ids::uuid[], :idempotency_keys::varchar[], :event_types::varchar[], :schema_versions::int[],
@@ -19,8 +19,7 @@ WITH batch AS (
            WITH ORDINALITY AS b(event_id, idempotency_key, event_type, schema_version, ts, actor_id,
                                 correlation_id, causation_id, payload, entity_id, entity_version, ord)
 ), entity_locks AS MATERIALIZED (
-    SELECT count(pg_advisory_xact_lock(1701147247, hashtext(e.entity_id))) AS locked
-      FROM (SELECT DISTINCT b.entity_id FROM batch b WHERE b.entity_id IS NOT NULL ORDER BY b.entity_id) AS e
+    SELECT credit_events_lock_entities(array_agg(b.entity_id)) AS locked FROM batch b
 )
 INSERT INTO credit_events (event_id, idempotency_key, event_type, schema_version, "timestamp", actor_id,
                            correlation_id, causation_id, payload, entity_id, entity_version)
@@ -40,8 +39,7 @@ WITH batch AS (
            WITH ORDINALITY AS b(event_id, idempotency_key, event_type, schema_version, ts, actor_id,
                                 correlation_id, causation_id, payload, entity_id, entity_version, ord)
 ), entity_locks AS MATERIALIZED (
-    SELECT count(pg_advisory_xact_lock(1701147247, hashtext(e.entity_id))) AS locked
-      FROM (SELECT DISTINCT b.entity_id FROM batch b WHERE b.entity_id IS NOT NULL ORDER BY b.entity_id) AS e
+    SELECT credit_events_lock_entities(array_agg(b.entity_id)) AS locked FROM batch b
 )
 INSERT INTO credit_events (event_id, idempotency_key, event_type, schema_version, "timestamp", actor_id,
                            correlation_id, causation_id, payload, entity_id, entity_version)
@@ -76,3 +74,7 @@ SELECT id, idempotency_key
  WHERE id > :after
  ORDER BY id
  LIMIT :page_size;
+
+-- name: count_events_after(after)$
+-- The export's progress total, in its snapshot: an index-only scan of idx_credit_events_sequence over the range the export then reads in full anyway.
+SELECT count(*) FROM credit_events WHERE id > :after;

@@ -51,7 +51,7 @@ SELECT id, event_id, event_type, entity_id, payload, actor_id, correlation_id, c
  LIMIT :page_size;
 
 -- name: query_by_correlation_page(correlation_id, after, high_water, event_types, since, until, payload_contains, page_size)
--- idx_credit_events_correlation: a correlation is a handful of rows, fetched by the index and sorted by position; the other filters are checked on those rows only.
+-- idx_credit_events_correlation_id (correlation_id, id): the correlation's rows in position order from (after, high_water], so a page stops at LIMIT with no sort; the other filters are checked on those rows only.
 SELECT id, event_id, event_type, entity_id, payload, actor_id, correlation_id, causation_id,
        idempotency_key, schema_version, "timestamp", entity_version
   FROM credit_events
@@ -79,8 +79,21 @@ SELECT id, event_id, event_type, entity_id, payload, actor_id, correlation_id, c
  ORDER BY id
  LIMIT :page_size;
 
--- name: query_by_type_page(event_types, after, high_water, since, until, page_size)
--- idx_credit_events_type: each type's rows by index (= ANY is one index scan per type; the planner may walk the primary key instead for types that are most of the table), sorted by position.
+-- name: query_by_type_page(event_type, after, high_water, since, until, page_size)
+-- idx_credit_events_type_id (event_type, id): one index range in position order that stops at LIMIT, no sort; planned for the value, so the planner may walk the primary key instead for a type that is most of the table.
+SELECT id, event_id, event_type, entity_id, payload, actor_id, correlation_id, causation_id,
+       idempotency_key, schema_version, "timestamp", entity_version
+  FROM credit_events
+ WHERE event_type = :event_type
+   AND id > :after
+   AND id <= :high_water
+   AND "timestamp" >= coalesce(:since::timestamptz, '-infinity')
+   AND "timestamp" < coalesce(:until::timestamptz, 'infinity')
+ ORDER BY id
+ LIMIT :page_size;
+
+-- name: query_by_types_page(event_types, after, high_water, since, until, page_size)
+-- idx_credit_events_type_id for a list of types: = ANY gives one index range per type but no order across them in PostgreSQL 15, so the types' rows in (after, high_water] are fetched and sorted by position; for types that are most of the table the planner walks the primary key instead.
 SELECT id, event_id, event_type, entity_id, payload, actor_id, correlation_id, causation_id,
        idempotency_key, schema_version, "timestamp", entity_version
   FROM credit_events

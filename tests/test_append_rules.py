@@ -168,8 +168,8 @@ async def test_postgres_close_cuts_a_statement_that_outlasts_its_bound(database_
     try:
         holder = blocker.transaction()
         await holder.start()
-        # The key credit_events_append locks the entity with (migration 0001).
-        await blocker.execute("SELECT pg_advisory_xact_lock(1701147247, hashtext('hot'))")
+        # The lock step of every append (migration 0008).
+        await blocker.execute("SELECT credit_events_lock_entities(ARRAY['hot'])")
         journal = PostgresEventJournal(database_url, pool_size=2)
         await journal.initialize()
         hot = event(entity_id="hot")

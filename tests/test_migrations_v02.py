@@ -1,6 +1,7 @@
-"""Migrations 0005 (event_type up to 255 characters) and 0006 (checkpoints) on a table with data:
-the widening is catalog-only, its rollback refuses while a longer type is stored, and both go
-down and up again without touching the events."""
+"""Migrations 0005 (event_type up to 255 characters), 0006 (checkpoints), 0008 (hardened
+functions) and 0009 (keyset indexes) on a table with data: the widening is catalog-only, its
+rollback refuses while a longer type is stored, and all go down and up again without touching the
+events (0009 also after an interrupted index build)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ def _yoyo(url: str):  # type: ignore[no-untyped-def]
 def apply_up_to(url: str, last: str) -> None:
     backend, migrations = _yoyo(url)
     with backend.lock():
-        backend.apply_migrations(migrations.filter(lambda m: m.id <= last))
+        backend.apply_migrations(backend.to_apply(migrations.filter(lambda m: m.id <= last)))
 
 
 def roll_back_to(url: str, last_kept: str) -> list[str]:
@@ -70,7 +71,7 @@ def test_0005_widens_without_rewriting_the_table_or_its_indexes(empty_database_u
     before = storage(url)
     assert sql(url, "SELECT character_maximum_length FROM information_schema.columns "
                     "WHERE table_name = 'credit_events' AND column_name = 'event_type'") == 50
-    assert upgrade_schema(url) == ["0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers"]
+    apply_up_to(url, "0005_event_type_255")  # 0009 rebuilds the type index on purpose
     assert storage(url) == before  # catalog-only: same files on disk, no rewrite, no index rebuild
     assert sql(url, "SELECT character_maximum_length FROM information_schema.columns "
                     "WHERE table_name = 'credit_events' AND column_name = 'event_type'") == 255
@@ -82,14 +83,17 @@ async def test_new_migrations_go_down_and_up_again_with_events_kept(database_url
         await journal.append_many([event(entity_id="acct-1") for _ in range(5)], checkpoint=("relay", 10))
         before = await read_all(journal)
     assert roll_back_to(database_url, "0004_roles") == [
-        "0007_fence_waits_for_writers", "0006_checkpoints", "0005_event_type_255"]
+        "0009_keyset_indexes", "0008_hardened_functions", "0007_fence_waits_for_writers", "0006_checkpoints",
+        "0005_event_type_255"]
     assert [s.migration_id for s in schema_status(database_url) if not s.applied] == [
-        "0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers"]
+        "0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers", "0008_hardened_functions",
+        "0009_keyset_indexes"]
     assert sql(database_url, "SELECT to_regclass('credit_checkpoints') IS NULL") is True
     with pytest.raises(EventStoreError, match="eventstore schema upgrade"):
         await PostgresEventJournal(database_url, pool_size=1).initialize()
 
-    assert upgrade_schema(database_url) == ["0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers"]
+    assert upgrade_schema(database_url) == ["0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers",
+                                            "0008_hardened_functions", "0009_keyset_indexes"]
     async with PostgresEventJournal(database_url, pool_size=1) as journal:
         assert await read_all(journal) == before  # the events did not move
         assert await journal.checkpoint("relay") is None  # consumers' progress went with the table
@@ -103,13 +107,14 @@ async def test_0005_rollback_refuses_while_a_longer_type_is_stored(database_url)
         await journal.append_event(event(LONG_TYPE))
     with pytest.raises(psycopg.Error, match="an event_type of 56 characters is stored"):
         roll_back_to(database_url, "0004_roles")
-    # 0007 and 0006 went down in their own transactions; 0005 stayed, with the event.
+    # 0009 to 0006 went down in their own transactions; 0005 stayed, with the event.
     assert [s.migration_id for s in schema_status(database_url) if not s.applied] == [
-        "0006_checkpoints", "0007_fence_waits_for_writers"]
+        "0006_checkpoints", "0007_fence_waits_for_writers", "0008_hardened_functions", "0009_keyset_indexes"]
     assert sql(database_url, "SELECT event_type FROM credit_events") == LONG_TYPE
     assert sql(database_url, "SELECT character_maximum_length FROM information_schema.columns "
                              "WHERE table_name = 'credit_events' AND column_name = 'event_type'") == 255
-    assert upgrade_schema(database_url) == ["0006_checkpoints", "0007_fence_waits_for_writers"]
+    assert upgrade_schema(database_url) == ["0006_checkpoints", "0007_fence_waits_for_writers",
+                                            "0008_hardened_functions", "0009_keyset_indexes"]
 
 
 async def test_writer_and_reader_roles_get_checkpoint_privileges(database_url):
@@ -124,3 +129,58 @@ async def test_writer_and_reader_roles_get_checkpoint_privileges(database_url):
 
     assert privileges("eventstore_writer") == (True, True, True, False, False)
     assert privileges("eventstore_reader") == (True, False, False, False, False)
+
+
+def hardening(url: str) -> dict[str, object]:
+    """What 0008 and 0009 change, read from the catalog."""
+    return {
+        "pinned": sql(url, "SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+                           " AND proname LIKE 'credit%' AND proconfig IS NOT NULL"),
+        "lock_function": sql(url, "SELECT to_regprocedure('credit_events_lock_entities(text[])') IS NOT NULL"),
+        "reader_draws_ids": sql(url, "SELECT has_sequence_privilege('eventstore_reader', 'credit_events_id_seq', 'USAGE')"),
+        "table_options": sql(url, "SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class WHERE oid = 'credit_events'::regclass"),
+        "gin_options": sql(url, "SELECT coalesce(array_to_string(reloptions, ','), '') FROM pg_class"
+                                " WHERE oid = 'idx_credit_events_payload_gin'::regclass"),
+        "indexes": sql(url, "SELECT string_agg(indexrelid::regclass || ':' || indisvalid, ',' ORDER BY indexrelid::regclass::text)"
+                            " FROM pg_index WHERE indrelid = 'credit_events'::regclass"
+                            " AND indexrelid::regclass::text ~ '_(type|correlation)'"),
+    }
+
+
+BEFORE_0008 = {
+    "pinned": 0, "lock_function": False, "reader_draws_ids": True, "table_options": "", "gin_options": "",
+    "indexes": "idx_credit_events_correlation:true,idx_credit_events_type:true",
+}
+AFTER_0009 = {
+    "pinned": 9, "lock_function": True, "reader_draws_ids": False,
+    "table_options": "autovacuum_vacuum_insert_scale_factor=0.01,autovacuum_vacuum_insert_threshold=10000,"
+                     "autovacuum_freeze_min_age=0",
+    "gin_options": "fastupdate=off",
+    "indexes": "idx_credit_events_correlation_id:true,idx_credit_events_type_id:true",
+}
+
+
+async def test_0008_and_0009_go_down_and_up_again_on_a_table_with_data(database_url):
+    insert_rows(database_url, 5000)
+    async with PostgresEventJournal(database_url, pool_size=1) as journal:
+        await journal.append_many([event(entity_id="acct-1") for _ in range(3)], checkpoint=("relay", 7))
+        before = await read_all(journal)
+    assert hardening(database_url) == AFTER_0009
+
+    assert roll_back_to(database_url, "0007_fence_waits_for_writers") == ["0009_keyset_indexes", "0008_hardened_functions"]
+    assert hardening(database_url) == BEFORE_0008
+    # An interrupted build of 0009 leaves an INVALID index under the new name (here: a unique
+    # build that fails on duplicates); running the migration again replaces it.
+    with pytest.raises(psycopg.Error):
+        sql(database_url, "CREATE UNIQUE INDEX CONCURRENTLY idx_credit_events_type_id ON credit_events (event_type)")
+    assert sql(database_url, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_credit_events_type_id'::regclass") is False
+
+    assert upgrade_schema(database_url) == ["0008_hardened_functions", "0009_keyset_indexes"]
+    assert hardening(database_url) == AFTER_0009
+    assert sql(database_url, "SELECT pg_get_indexdef('idx_credit_events_type_id'::regclass)").endswith("(event_type, id)")
+    async with PostgresEventJournal(database_url, pool_size=1) as journal:
+        assert await read_all(journal) == before  # the events did not move
+        assert await journal.checkpoint("relay") == 7
+        assert await journal.append(event(entity_id="acct-1"), expected_version=3)
+        assert [e.position async for e in journal.query_events(event_type="credits.minted", limit=3)] == [
+            e.position for e in before[:3]]

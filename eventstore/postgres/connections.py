@@ -22,7 +22,11 @@ def connect_options(
     url: DatabaseURL, schema: str, *, application_name: str, connect_timeout: float, statement_timeout: float,
     **settings: str,
 ) -> dict[str, Any]:
-    """What every connection is opened with: search_path, statement timeout, a name in pg_stat_activity."""
+    """What every connection is opened with: search_path, statement timeout, a name in
+    pg_stat_activity, and READ COMMITTED whatever the database's default: an append's version is
+    read after its entity lock is granted, which only a per-statement snapshot sees (a database
+    set to ``default_transaction_isolation = 'repeatable read'`` would otherwise turn racing
+    appends into conflicts; the functions refuse other levels, SQLSTATE ES411)."""
     return {
         "dsn": url.asyncpg_dsn(),
         "timeout": connect_timeout,
@@ -30,6 +34,7 @@ def connect_options(
         "server_settings": {
             "search_path": schema,
             "statement_timeout": str(int(statement_timeout * 1000)),
+            "default_transaction_isolation": "read committed",
             "application_name": application_name,
             **settings,
         },
@@ -81,13 +86,14 @@ class Connections:
 
     def __init__(
         self, errors: ErrorMap, *, pool_size: int, max_overflow: int,
-        connect_timeout: float, statement_timeout: float,
+        connect_timeout: float, statement_timeout: float, lock_timeout: float,
     ) -> None:
         self.errors = errors  # holds the URL every connection is opened with
         self.pool_size = pool_size
         self.max_size = pool_size + max_overflow
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
+        self.lock_timeout = lock_timeout
         self.pool: asyncpg.Pool | None = None
         self.listeners: dict[asyncpg.Connection, asyncio.Event] = {}  # live subscriptions' connections
         self._lane: list[asyncpg.Connection] = []
@@ -102,6 +108,8 @@ class Connections:
         return connect_options(
             self.errors.url, self.errors.schema, application_name=application_name,
             connect_timeout=self.connect_timeout, statement_timeout=self.statement_timeout,
+            # A hot entity's appenders queue on its lock: past this they fail, saying so.
+            lock_timeout=str(int(self.lock_timeout * 1000)),
         )
 
     async def open(self) -> asyncpg.Pool:

@@ -13,6 +13,7 @@ from ..dsn import DatabaseURL
 from ..errors import (
     CheckpointConflictError,
     ConcurrencyError,
+    ConfigurationError,
     DatabaseUnavailableError,
     EventStoreError,
     InvalidEventError,
@@ -22,6 +23,7 @@ from ..errors import (
 
 CONFLICT_SQLSTATE = "ES409"  # raised by credit_events_append; DETAIL is the entity's actual version
 CHECKPOINT_SQLSTATE = "ES410"  # raised by credit_checkpoints_advance; DETAIL is the stored position
+ISOLATION_SQLSTATE = "ES411"  # raised by credit_events_lock_entities outside READ COMMITTED
 EVENT_ID_KEY = "credit_events_event_id_key"
 IDEMPOTENCY_KEY_KEY = "credit_events_idempotency_key_key"
 ENTITY_VERSION_KEY = "credit_events_entity_version_key"
@@ -83,6 +85,13 @@ class ErrorMap:
             return self.unavailable(exc)
         if isinstance(exc, asyncpg.InsufficientPrivilegeError):
             return self.denied(exc, action, needs)
+        if isinstance(exc, asyncpg.LockNotAvailableError):
+            return DatabaseUnavailableError(
+                f"PostgreSQL at {self.url.where}: could not {action}: a lock was not granted within lock_timeout "
+                "(another session holds it, e.g. a migration); nothing was changed, retry"
+            )
+        if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate == ISOLATION_SQLSTATE:
+            return ConfigurationError(f"PostgreSQL at {self.url.where}: {self.url.describe(exc)}")
         if isinstance(exc, asyncpg.UndefinedFunctionError | asyncpg.UndefinedTableError):
             return self.schema_not_ready(f"is missing or behind ({self.url.describe(exc)})")
         if isinstance(exc, asyncpg.PostgresError):
@@ -118,6 +127,11 @@ class ErrorMap:
             actual = int(getattr(exc, "detail", None) or "0")
             return ConcurrencyError(conflict_entity(exc) if entity_id is None else entity_id,
                                     expected if expected is not None else -1, actual)
+        if isinstance(exc, asyncpg.LockNotAvailableError) and entity_id is not None:
+            return DatabaseUnavailableError(
+                f"PostgreSQL at {self.url.where}: entity {entity_id!r} is busy: its append lock was not granted "
+                "within lock_timeout (other appends to it queue ahead); nothing was stored, retry"
+            )
         if isinstance(exc, asyncpg.UniqueViolationError):
             if exc.constraint_name == EVENT_ID_KEY:
                 return InvalidEventError("event_id", "already stored under a different idempotency_key")

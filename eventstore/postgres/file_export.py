@@ -30,7 +30,7 @@ async def export_to_file(database_url: str, target: str | os.PathLike[str], *, a
         # something still writes (stop writers anyway: see docs/migration.md).
         async with tool_session(database_url, schema, tool="export", action="read credit_events", needs="eventstore_reader") as conn, \
                 conn.transaction(isolation="repeatable_read", readonly=True):
-            total = await conn.fetchval(QUERIES.count_events.sql)
+            total = await conn.fetchval(QUERIES.count_events_after.sql, after)
             with open(temporary, "wb") as out:
                 position = after
                 while True:

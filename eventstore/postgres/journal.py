@@ -40,7 +40,12 @@ _MAX_VERSION = 2**31 - 1  # entity_version is an INTEGER
 
 class PostgresEventJournal(BaseEventJournal):
     """Events in the ``credit_events`` table. ``pool_size`` connections are kept open and up to
-    ``max_overflow`` more are opened under load; ``schema`` selects the search_path."""
+    ``max_overflow`` more are opened under load; ``schema`` selects the search_path.
+    ``statement_timeout`` bounds every statement; ``lock_timeout`` bounds the wait for a lock (an
+    append queued behind others to the same entity, a read behind a migration), after which the
+    call fails with :class:`DatabaseUnavailableError` and nothing is written. ``get_metrics()``'s
+    ``total_events`` starts from an exact count below 100,000 events and from the planner's
+    estimate above (``total_events_exact`` says which): opening never scans a big table."""
 
     backend = "postgres"
 
@@ -56,11 +61,14 @@ class PostgresEventJournal(BaseEventJournal):
         page_size: int = 1000,
         connect_timeout: float | None = None,
         statement_timeout: float = 30.0,
+        lock_timeout: float = 5.0,
     ) -> None:
         super().__init__(max_payload_bytes=max_payload_bytes)
         self.url: DatabaseURL = parse_database_url(database_url)
         if pool_size < 1 or max_overflow < 0:
             raise ConfigurationError(f"pool_size must be >= 1 and max_overflow >= 0 (got {pool_size}, {max_overflow})")
+        if not lock_timeout > 0:
+            raise ConfigurationError(f"lock_timeout must be > 0 seconds (got {lock_timeout!r})")
         self.schema = check_schema_name(schema or self.url.schema or "public")
         self.page_size = page_size
         self.errors = ErrorMap(self.url, self.schema)
@@ -68,7 +76,7 @@ class PostgresEventJournal(BaseEventJournal):
             self.errors, pool_size=pool_size, max_overflow=max_overflow,
             # Default: the URL's libpq-style ?connect_timeout=, else 10 s.
             connect_timeout=connect_timeout if connect_timeout is not None else (self.url.connect_timeout or 10.0),
-            statement_timeout=statement_timeout,
+            statement_timeout=statement_timeout, lock_timeout=lock_timeout,
         )
         self._cache_size = idempotency_cache_size
         # Stored keys (known duplicates), with where they are when known: a retry costs no round trip.
@@ -76,6 +84,7 @@ class PostgresEventJournal(BaseEventJournal):
         self._settled = 0  # a settled high-water mark seen earlier: reads at the head spend no xid
         self._cache_hits = 0
         self._total_events = 0
+        self._total_exact = True  # False: total_events started from the planner's estimate (a big table)
         self._init_lock = asyncio.Lock()
         self._notifier = Notifier(self.connections)
 
@@ -92,7 +101,7 @@ class PostgresEventJournal(BaseEventJournal):
             try:
                 async with pool.acquire() as conn:
                     await require_current_schema(conn, self.errors)
-                    self._total_events = await QUERIES.count_events(conn)
+                    self._total_events, self._total_exact = await _count_events(conn)
             except Exception as exc:
                 await pool.close()
                 raise (self.errors.translate(exc, "read the eventstore schema", "eventstore_reader") or exc) from None
@@ -281,6 +290,7 @@ class PostgresEventJournal(BaseEventJournal):
         idle = pool.get_idle_size() if pool is not None else 0
         return {
             "total_events": self._total_events,
+            "total_events_exact": self._total_exact,
             "corrupted_skipped": 0,
             "idempotency_cache_hits": self._cache_hits,
             "idempotency_cache_size": len(self._seen_keys),
@@ -293,10 +303,25 @@ class PostgresEventJournal(BaseEventJournal):
         }
 
 
+EXACT_COUNT_BOUND = 100_000  # rows: below this, initialize() counts them (milliseconds); above, it estimates
+
+
+async def _count_events(conn: asyncpg.Connection) -> tuple[int, bool]:
+    """(events stored, whether that is exact): startup never scans more than EXACT_COUNT_BOUND rows."""
+    estimate = await QUERIES.estimated_events(conn)
+    if estimate >= EXACT_COUNT_BOUND:
+        return estimate, False
+    counted = await QUERIES.count_events_up_to(conn, bound=EXACT_COUNT_BOUND)
+    if counted < EXACT_COUNT_BOUND:
+        return counted, True
+    return max(estimate, counted), False  # a big table not analyzed yet (a fresh restore)
+
+
 _QUERY_SQL: dict[str, str] = {
     "correlation": QUERIES.query_by_correlation_page.sql,
     "payload": QUERIES.query_by_payload_page.sql,
     "type": QUERIES.query_by_type_page.sql,
+    "types": QUERIES.query_by_types_page.sql,
     "time": QUERIES.query_by_time_page.sql,
 }
 
@@ -311,8 +336,10 @@ def _query_plan(query: EventQuery) -> tuple[str, tuple[Any, ...], tuple[Any, ...
         return _QUERY_SQL["correlation"], (query.correlation_id,), (types, since, until, contains)
     if contains is not None:
         return _QUERY_SQL["payload"], (contains,), (types, since, until)
+    if types is not None and len(types) == 1:
+        return _QUERY_SQL["type"], (types[0],), (since, until)
     if types is not None:
-        return _QUERY_SQL["type"], (types,), (since, until)
+        return _QUERY_SQL["types"], (types,), (since, until)
     if since is not None or until is not None:
         return _QUERY_SQL["time"], (since, until), ()
     return _READ_PAGE_SQL, (), ()

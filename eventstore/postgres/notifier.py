@@ -12,7 +12,13 @@ from .queries import QUERIES
 
 log = logging.getLogger("eventstore.subscriptions")
 
-CHANNEL = "credit_events"
+
+
+def channel(schema: str) -> str:
+    """The schema's own channel: a subscriber wakes for appends to its schema only. NOTIFY names
+    are at most 63 bytes; two long schema names sharing that prefix only share wake-ups."""
+    return f"credit_events.{schema}"[:63]
+
 _NOTIFY_SQL: str = QUERIES.notify_appended.sql
 
 
@@ -43,7 +49,7 @@ class Notifier:
             return
         try:
             async with pool.acquire() as conn:
-                await conn.execute(_NOTIFY_SQL, CHANNEL)
+                await conn.execute(_NOTIFY_SQL, channel(self._connections.errors.schema))
         except Exception as exc:  # a lost wake-up only delays subscribers until their fallback poll
             log.debug("pg_notify failed: %r", exc)
 

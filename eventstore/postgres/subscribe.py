@@ -17,7 +17,7 @@ from ..errors import DatabaseUnavailableError
 from .connections import Connections, connect, terminate
 from .errors import UNAVAILABLE
 from .fence import settle
-from .notifier import CHANNEL
+from .notifier import channel
 from .queries import QUERIES
 from .rows import row_to_event
 
@@ -78,7 +78,7 @@ async def _listen(connections: Connections, wake: asyncio.Event) -> asyncpg.Conn
         conn: asyncpg.Connection | None = None
         try:
             conn = await connect(connections.errors, connections.options("eventstore-subscription"))
-            await conn.add_listener(CHANNEL, lambda *_: wake.set())
+            await conn.add_listener(channel(connections.errors.schema), lambda *_: wake.set())
         except (DatabaseUnavailableError, *UNAVAILABLE) as exc:  # lost between connecting and listening: a failed attempt too
             if conn is not None:
                 terminate(conn)
