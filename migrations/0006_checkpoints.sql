@@ -1,6 +1,8 @@
 -- Consumers' checkpoints: "processed up to position N", stored in the same transaction as the
 -- events the consumer derived, so each source event is processed exactly once.
 -- depends: 0005_event_type_255
+-- No lock_timeout: it only creates, comments on or replaces objects nothing waits on.
+-- squawk-ignore-file require-lock-timeout
 
 CREATE TABLE credit_checkpoints (
     name       VARCHAR(255) NOT NULL,

@@ -2,6 +2,8 @@
 -- transaction elsewhere (another table, another database, a forgotten session) no longer holds
 -- back position-order reads, whatever the reader's privileges.
 -- depends: 0006_checkpoints
+-- No lock_timeout: it only creates, comments on or replaces objects nothing waits on.
+-- squawk-ignore-file require-lock-timeout
 
 -- A transaction can hold a position only if it inserted into credit_events: the INSERT takes
 -- RowExclusiveLock on the table (whatever else it holds) before its trigger takes the xid and before it draws an id, and

@@ -75,7 +75,7 @@ async def test_every_function_writes_to_its_own_schema_whatever_the_callers_sear
             " WHERE n.nspname IN ('public', 's1') AND p.proname LIKE 'credit%'")
     finally:
         await conn.close()
-    assert len(pinned) == 2 * 9
+    assert len(pinned) == 2 * 10
     assert [r["proname"] for r in pinned if r["proconfig"] != [f"search_path={r['nspname']}, pg_temp"]] == []
 
 
@@ -285,3 +285,24 @@ async def test_opening_a_journal_does_not_scan_a_big_table(database_url):
     finally:
         await admin.close()
     assert metrics["total_events_exact"] is False and 100_000 <= metrics["total_events"] <= 120_000
+
+
+async def test_read_entity_pages_through_versions_that_are_not_dense(database_url):
+    """The database does not keep versions dense (the importer stores a file's versions as they
+    are; the owner may INSERT): a keyset on (entity_id, entity_version) reads them all. Paging by
+    ``version <= after + page_size`` and stopping at a short page returned only [1] here."""
+    admin = await connect(database_url)
+    try:
+        await admin.execute(
+            """INSERT INTO credit_events (event_id, idempotency_key, event_type, "timestamp", actor_id, correlation_id,
+                                          payload, entity_id, entity_version)
+               SELECT gen_random_uuid(), 'sparse-' || v, 'credits.minted', now(), 'owner', gen_random_uuid(),
+                      '{}'::jsonb, 'sparse', v
+                 FROM unnest(ARRAY[1, 3, 4, 5, 9]) AS v""")
+    finally:
+        await admin.close()
+    async with PostgresEventJournal(database_url, pool_size=1, page_size=2) as journal:
+        assert [e.entity_version async for e in journal.read_entity("sparse")] == [1, 3, 4, 5, 9]
+        assert [e.entity_version async for e in journal.read_entity("sparse", backwards=True)] == [9, 5, 4, 3, 1]
+        assert [e.entity_version async for e in journal.read_entity("sparse", after_version=1, up_to_version=5)] == [3, 4, 5]
+        assert [e.entity_version async for e in journal.read_entity("sparse", backwards=True, limit=3)] == [9, 5, 4]

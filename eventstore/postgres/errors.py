@@ -50,6 +50,9 @@ class ErrorMap:
     def __init__(self, url: DatabaseURL, schema: str) -> None:
         self.url = url
         self.schema = schema
+        # The schema's group roles (migration 0010's credit_roles()), learnt by the schema check.
+        self.writer_role = "eventstore_writer"
+        self.reader_role = "eventstore_reader"
 
     def unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
         return DatabaseUnavailableError(f"PostgreSQL at {self.url.where} is unavailable: {self.url.describe(exc)}")
@@ -62,6 +65,8 @@ class ErrorMap:
         )
 
     def denied(self, exc: BaseException, action: str, needs: str) -> PermissionDeniedError:
+        """``needs`` names the default roles; a schema with roles of its own gets those named."""
+        needs = needs.replace("eventstore_writer", self.writer_role).replace("eventstore_reader", self.reader_role)
         role = self.url.parts.username or "the connecting role"
         return PermissionDeniedError(
             f"role {role!r} may not {action} at {self.url.where} (schema {self.schema!r}): {self.url.describe(exc)}; "

@@ -75,6 +75,9 @@ class ImportResult:
         }
 
 
+IMPORT_ROLE = "the role that owns the schema (the one that runs `eventstore schema upgrade`), or run the import as it"
+
+
 def _check_entity_version(event: EventEnvelope) -> None:
     """A line's own ``entity_version`` is inserted as is: one the table's constraints (or its INTEGER
     column) would refuse makes the line corrupt, instead of failing the whole batch."""
@@ -216,8 +219,10 @@ async def import_file(
     # Batches commit without waiting for the WAL flush (a crash can only lose the latest ones, which a
     # re-run imports again); flush_wal at the end makes the finished import durable.
     settings = {} if dry_run else {"synchronous_commit": "off"}
+    # Imports store the file's entity versions as they are: a raw INSERT that only the schema's
+    # owner may run (writers append through the functions only, migration 0010).
     async with tool_session(target_database_url, schema, tool="import", action="import into credit_events",
-                            needs="eventstore_writer", **settings) as conn:
+                            needs=IMPORT_ROLE, **settings) as conn:
         if not dry_run and not await conn.fetchval(QUERIES.try_import_lock.sql):
             raise MigrationConflictError("another import into this database is running; wait for it to finish")
         # Pipelined: batch k runs on the server while the file is decoded into batch k+1. Batches

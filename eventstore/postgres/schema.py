@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from .errors import ErrorMap
 from .queries import QUERIES
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_ROLE_PREFIX = re.compile(r"^[a-z_][a-z0-9_]{0,55}$")
+ROLE_PREFIX_ENV = "EVENTSTORE_ROLE_PREFIX"
 
 
 @dataclass(frozen=True)
@@ -34,23 +37,36 @@ async def require_current_schema(conn: asyncpg.Connection, errors: ErrorMap) -> 
     """Refuse a missing schema, or one behind the migrations this package ships, naming the fix."""
     try:
         applied = {row[0] for row in await conn.fetch(QUERIES.applied_migrations.sql)}
-    except asyncpg.UndefinedTableError:
+    except asyncpg.UndefinedTableError as exc:
+        # A schema this role may not use is left out of its search_path: it looks missing.
+        if await conn.fetchval(QUERIES.schema_hidden.sql, errors.schema):
+            raise errors.denied(exc, "use the eventstore schema", "eventstore_reader or eventstore_writer") from None
         raise errors.schema_not_ready("is missing") from None
     except asyncpg.InsufficientPrivilegeError as exc:
         raise errors.denied(exc, "read the eventstore schema", "eventstore_reader or eventstore_writer") from None
     missing = [m for m in shipped_migration_ids() if m not in applied]
     if missing:
         raise errors.schema_not_ready(f"is behind (missing {', '.join(missing)})")
+    errors.writer_role, errors.reader_role = await conn.fetchrow(QUERIES.schema_roles.sql)
 
 
-def _backend(url: DatabaseURL, schema: str):  # type: ignore[no-untyped-def]
+def check_role_prefix(prefix: str) -> str:
+    """Group roles are named ``<prefix>_writer`` and ``<prefix>_reader``: lower-case identifiers."""
+    if not isinstance(prefix, str) or not _ROLE_PREFIX.match(prefix):
+        raise ConfigurationError(f"invalid role prefix {prefix!r}: use lower-case letters, digits and _ (max 56)")
+    return prefix
+
+
+def _backend(url: DatabaseURL, schema: str, role_prefix: str | None = None):  # type: ignore[no-untyped-def]
     import psycopg
     from yoyo import get_backend
 
+    # Migration 0010 reads the prefix from this session setting (unset: "eventstore").
+    settings = {} if role_prefix is None else {"eventstore.role_prefix": role_prefix}
     try:
         with psycopg.connect(url.psycopg_dsn(), autocommit=True, connect_timeout=10) as conn:
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        return get_backend(url.yoyo_url(schema))
+        return get_backend(url.yoyo_url(schema, settings))
     except psycopg.OperationalError as exc:
         raise ErrorMap(url, schema).cannot_connect(exc) from None
     except psycopg.Error as exc:  # e.g. a URL libpq refuses: its message may quote the password
@@ -77,11 +93,11 @@ def _target(database_url: str | DatabaseURL, schema: str | None) -> tuple[Databa
     return url, check_schema_name(schema or url.schema or "public")
 
 
-def _migrate(database_url: str | DatabaseURL, schema: str | None, action: str) -> list[str]:
+def _migrate(database_url: str | DatabaseURL, schema: str | None, action: str, role_prefix: str | None = None) -> list[str]:
     """Apply the pending migrations (``upgrade``) or roll back the applied ones (``downgrade``)
     under yoyo's lock; return the ids moved."""
     url, schema = _target(database_url, schema)
-    backend = _backend(url, schema)
+    backend = _backend(url, schema, role_prefix)
     migrations = _migrations()
     try:
         with backend.lock():
@@ -96,9 +112,15 @@ def _migrate(database_url: str | DatabaseURL, schema: str | None, action: str) -
     return [m.id for m in moved]
 
 
-def upgrade_schema(database_url: str | DatabaseURL, schema: str | None = None) -> list[str]:
-    """Apply every pending migration; return the ids applied (empty when already current)."""
-    return _migrate(database_url, schema, "upgrade")
+def upgrade_schema(database_url: str | DatabaseURL, schema: str | None = None, *, role_prefix: str | None = None) -> list[str]:
+    """Apply every pending migration; return the ids applied (empty when already current).
+
+    ``role_prefix`` (default ``$EVENTSTORE_ROLE_PREFIX``, else ``eventstore``) names the schema's
+    group roles, ``<prefix>_writer`` and ``<prefix>_reader``, when migration 0010 is applied;
+    roles are cluster-wide, so give each schema that must be kept apart its own prefix
+    (docs/operations.md). It has no effect on a schema that already has its roles."""
+    prefix = role_prefix if role_prefix is not None else os.environ.get(ROLE_PREFIX_ENV) or None
+    return _migrate(database_url, schema, "upgrade", None if prefix is None else check_role_prefix(prefix))
 
 
 def downgrade_schema(database_url: str | DatabaseURL, schema: str | None = None) -> list[str]:

@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 from eventstore import (
+    ConfigurationError,
     DatabaseUnavailableError,
     EventStoreError,
     FileEventJournal,
@@ -229,11 +230,11 @@ async def test_import_export_verify_as_a_reader_member(database_url, member, tmp
     async with FileEventJournal(path) as journal:
         await journal.append_events([event(entity_id="a"), event(entity_id="a")])
     url = await member("eventstore_reader")
-    with pytest.raises(PermissionDeniedError, match="may not import into credit_events.*eventstore_writer"):
+    with pytest.raises(PermissionDeniedError, match="may not import into credit_events.*owns the schema"):
         await import_file(path, url)
     run = subprocess.run([sys.executable, "-m", "eventstore", "import", str(path), "--database-url", url],
                          capture_output=True, text=True, check=False)
-    assert run.returncode == 1 and "eventstore_writer" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 1 and "owns the schema" in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert await fetchval(database_url, "SELECT count(*) FROM credit_events") == 0
     assert not (await verify_file(path, url)).ok  # reading is allowed: the events are missing
@@ -245,10 +246,11 @@ async def test_import_export_verify_as_a_reader_member(database_url, member, tmp
 
 def _privileges(url: str) -> dict[str, bool]:
     checks = {
-        "writer_insert": "has_table_privilege('eventstore_writer', 'credit_events', 'INSERT')",
+        "writer_append": "has_function_privilege('eventstore_writer', 'credit_events_append(uuid, varchar, varchar, "
+                         "integer, timestamptz, varchar, uuid, uuid, jsonb, text, integer)', 'EXECUTE')",
         "writer_select": "has_table_privilege('eventstore_writer', 'credit_events', 'SELECT')",
         "writer_snapshot_update": "has_column_privilege('eventstore_writer', 'credit_snapshots', 'state', 'UPDATE')",
-        "writer_sequence": "has_sequence_privilege('eventstore_writer', 'credit_events_id_seq', 'USAGE')",
+        "writer_sequence": "has_sequence_privilege('eventstore_writer', 'credit_events_id_seq', 'SELECT')",
         "reader_select": "has_table_privilege('eventstore_reader', 'credit_events', 'SELECT')",
         "reader_journal": "has_table_privilege('eventstore_reader', '_yoyo_migration', 'SELECT')",
         # public's USAGE for PUBLIC hides a revoke from has_schema_privilege: read the ACL itself.
@@ -584,3 +586,66 @@ def test_pgpassfile_serves_journal_schema_commands_and_cli(tmp_path, jsonl, monk
                 assert len(await read_all(journal)) == 2
 
         asyncio.run(journal_side())
+
+
+# -- migration 0010: appends only through the functions, roles per schema ---------------------
+
+APPEND_FUNCTION = ("credit_events_append(gen_random_uuid(), 'raw-' || gen_random_uuid(), 'credits.minted', 1, now(), "
+                   "'raw', gen_random_uuid(), NULL, '{}'::jsonb, 'acct-raw', NULL)")
+RAW_INSERT = ("INSERT INTO credit_events (event_id, idempotency_key, event_type, \"timestamp\", actor_id, correlation_id, "
+              "payload, entity_id, entity_version) VALUES (gen_random_uuid(), 'raw', 'credits.minted', now(), 'raw', "
+              "gen_random_uuid(), '{}', 'acct-1', 7)")
+
+
+@pytest.mark.parametrize("statement", [
+    RAW_INSERT,  # would store version 7 of acct-1 without the entity lock or the version rule
+    "SELECT nextval('credit_events_id_seq')",  # would burn a position
+    "INSERT INTO credit_checkpoints (name, position) VALUES ('relay', 1)",
+    "UPDATE credit_checkpoints SET position = 0",  # would move a consumer back
+])
+async def test_a_writer_member_appends_only_through_the_functions(database_url, member, statement):
+    url = await member("eventstore_writer")
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        await sql(url, statement)
+    async with PostgresEventJournal(url, pool_size=1) as journal:
+        assert await journal.append(event(entity_id="acct-1"), expected_version=0)
+        await journal.append_many([event(entity_id="acct-1")], checkpoint=("relay", 5))
+        assert await journal.checkpoint("relay") == 5
+        assert [e.entity_version async for e in journal.read_entity("acct-1")] == [1, 2]
+
+
+async def test_only_writers_may_call_the_append_functions(database_url, member):
+    """SECURITY DEFINER functions run as their owner: PUBLIC's default EXECUTE is revoked, so a
+    login outside the groups cannot append through them either."""
+    for url in (await member(None), await member("eventstore_reader")):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for function"):
+            await sql(url, f"SELECT * FROM {APPEND_FUNCTION}")
+    await sql(await member("eventstore_writer"), f"SELECT * FROM {APPEND_FUNCTION}")
+    assert await fetchval(database_url, "SELECT count(*) FROM credit_events WHERE entity_id = 'acct-raw'") == 1
+
+
+async def test_a_schema_with_its_own_role_prefix_keeps_logins_apart(database_url, member):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(upgrade_schema, database_url, "tenant", role_prefix=prefix)
+    try:
+        tenant_writer = await member(f"{prefix}_writer")
+        async with PostgresEventJournal(tenant_writer + "?schema=tenant", pool_size=1) as journal:
+            assert await journal.append_event(event()) is True
+        # The tenant's login has nothing in public, the default roles nothing in the tenant's schema.
+        with pytest.raises(PermissionDeniedError, match="eventstore_reader or eventstore_writer"):
+            await PostgresEventJournal(tenant_writer, pool_size=1).initialize()
+        shared_writer = await member("eventstore_writer")
+        with pytest.raises(PermissionDeniedError):
+            await PostgresEventJournal(shared_writer + "?schema=tenant", pool_size=1).initialize()
+        # Refusals name the schema's own roles.
+        tenant_reader = await member(f"{prefix}_reader")
+        async with PostgresEventJournal(tenant_reader + "?schema=tenant", pool_size=1) as reader:
+            with pytest.raises(PermissionDeniedError, match=f"{prefix}_writer"):
+                await reader.append_event(event())
+            assert len(await read_all(reader)) == 1
+        assert await fetchval(database_url, "SELECT writer FROM tenant.credit_roles()") == f"{prefix}_writer"
+    finally:
+        for role in (f"{prefix}_writer", f"{prefix}_reader"):  # cluster-global: never leave one behind
+            await sql(database_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+    with pytest.raises(ConfigurationError, match="invalid role prefix"):
+        upgrade_schema(database_url, "other", role_prefix="Bad-Prefix")
