@@ -76,7 +76,9 @@ class DatabaseUnavailableError(EventStoreError, ConnectionError):
 
 class PermissionDeniedError(EventStoreError):
     """The database role lacks a privilege the operation needs (SQLSTATE 42501): appending needs
-    membership of ``eventstore_writer``, reading of ``eventstore_reader`` (docs/operations.md)."""
+    membership of the schema's writer role, reading of its reader role (``eventstore_writer`` and
+    ``eventstore_reader`` unless the schema was upgraded with ``--role-prefix``), importing the
+    schema's owner (docs/operations.md)."""
 
 
 class JournalWriteError(EventStoreError, OSError):
