@@ -13,11 +13,11 @@ from .queries import QUERIES
 log = logging.getLogger("eventstore.subscriptions")
 
 
-
 def channel(schema: str) -> str:
     """The schema's own channel: a subscriber wakes for appends to its schema only. NOTIFY names
     are at most 63 bytes; two long schema names sharing that prefix only share wake-ups."""
     return f"credit_events.{schema}"[:63]
+
 
 _NOTIFY_SQL: str = QUERIES.notify_appended.sql
 
