@@ -306,3 +306,22 @@ async def test_read_entity_pages_through_versions_that_are_not_dense(database_ur
         assert [e.entity_version async for e in journal.read_entity("sparse", backwards=True)] == [9, 5, 4, 3, 1]
         assert [e.entity_version async for e in journal.read_entity("sparse", after_version=1, up_to_version=5)] == [3, 4, 5]
         assert [e.entity_version async for e in journal.read_entity("sparse", backwards=True, limit=3)] == [9, 5, 4]
+
+
+async def test_entity_locks_are_taken_in_one_place(database_url):
+    """One lock step for every write path: no function body but credit_events_lock_entities and
+    no statement in sql/ takes an advisory transaction lock itself."""
+    from pathlib import Path
+
+    conn = await connect(database_url)
+    try:
+        lockers = await conn.fetch(
+            "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace"
+            " AND prosrc LIKE '%pg_advisory_xact_lock%'")
+    finally:
+        await conn.close()
+    assert [r["proname"] for r in lockers] == ["credit_events_lock_entities"]
+    sql_dir = Path(__file__).resolve().parents[1] / "sql"
+    assert [p.name for p in sql_dir.glob("*.sql") if "pg_advisory_xact_lock" in p.read_text()] == []
+    assert "credit_events_lock_entities" in QUERIES.import_batch.sql
+    assert "credit_events_lock_entities" in QUERIES.import_batch_on_conflict.sql
