@@ -1,6 +1,6 @@
 """Run every benchmark, then regenerate docs/benchmarks.md and the charts.
 
-Full mode (about 14 minutes on 2 cores; the 2026-12-02 run took 17 before its counts were cut to these) writes bench/results/ and docs/. ``--quick`` uses small
+Full mode (about 20 minutes on 2 cores, 5 of them bench_schema.py at 1M rows) writes bench/results/ and docs/. ``--quick`` uses small
 counts, writes into a temp dir and regenerates the report there: it only checks that all runs.
 """
 
@@ -26,6 +26,9 @@ FULL = {
     "bench_queries.py": ["--events", "1000000", "--samples", "100", "--budget", "5"],
     "bench_snapshots.py": ["--events", "1000000"],
     "load.py": ["--writers", "8,32", "--subscribers", "4", "--seconds", "15"],
+    # Sizes, WAL, GIN and the hot-entity ceiling at 1M rows (docs/operations.md): about 5 minutes.
+    "bench_schema.py": ["--rows", "1000000"],
+    "bench_schema_versions.py": ["--events", "3000"],
 }
 QUICK = {
     "bench_append_latency.py": ["--events", "300"],
@@ -37,6 +40,8 @@ QUICK = {
     "bench_queries.py": ["--events", "20000", "--samples", "10", "--budget", "2"],
     "bench_snapshots.py": ["--events", "20000", "--deltas", "100,1000,10000", "--reps", "2"],
     "load.py": ["--writers", "4", "--subscribers", "2", "--seconds", "2"],
+    "bench_schema.py": ["--quick"],
+    "bench_schema_versions.py": ["--events", "200"],
 }
 
 
