@@ -37,6 +37,12 @@ BEGIN
             USING ERRCODE = 'ES411',
                   HINT = 'SET default_transaction_isolation = ''read committed'' for the session that appends.';
     END IF;
+    IF cardinality(p_entity_ids) = 1 THEN  -- a single append: no query to plan and sort
+        IF p_entity_ids[1] IS NOT NULL THEN
+            PERFORM pg_advisory_xact_lock(hashtextextended(p_entity_ids[1], 'credit_events'::regclass::oid::bigint));
+        END IF;
+        RETURN;
+    END IF;
     FOR v_key IN
         SELECT DISTINCT hashtextextended(e.entity_id, 'credit_events'::regclass::oid::bigint)
           FROM unnest(p_entity_ids) AS e(entity_id)
