@@ -181,7 +181,9 @@ async def _insert_batch(conn: asyncpg.Connection, batch: list[tuple[int, EventEn
         try:
             status = await conn.execute(sql, *args)
         except asyncpg.DeadlockDetectedError:
-            # A live append_events batch locked our entities in another order; ours was rolled back.
+            # Entity locks share one order with live appends (migration 0008), but two statements
+            # inserting the same keys in opposite orders can still wait on each other's unique-index
+            # entries; ours was rolled back.
             if attempt == _DEADLOCK_RETRIES - 1:
                 raise
             continue
