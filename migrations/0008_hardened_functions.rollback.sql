@@ -134,4 +134,5 @@ BEGIN
 END;
 $$;
 
+DROP FUNCTION credit_events_append_locked(UUID, VARCHAR, VARCHAR, INTEGER, TIMESTAMPTZ, VARCHAR, UUID, UUID, JSONB, TEXT, INTEGER);
 DROP FUNCTION credit_events_lock_entities(TEXT[]);

@@ -57,8 +57,10 @@ $$;
 COMMENT ON FUNCTION credit_events_lock_entities IS
     'Lock entities for appending (ascending 64-bit keys, this schema only); refuses isolation levels other than READ COMMITTED (ES411).';
 
--- Migration 0001's append with its lock step replaced by credit_events_lock_entities.
-CREATE OR REPLACE FUNCTION credit_events_append(
+-- Migration 0001's append without its lock step: the version rule and the insert, for a caller
+-- that already holds the entity's lock (credit_events_append, credit_events_append_batch). Only
+-- those call it: it is not granted to any role (migration 0010 revokes PUBLIC's EXECUTE).
+CREATE FUNCTION credit_events_append_locked(
     p_event_id         UUID,
     p_idempotency_key  VARCHAR(255),
     p_event_type       VARCHAR(50),
@@ -78,7 +80,6 @@ DECLARE
     v_current INTEGER;
     v_version INTEGER;
 BEGIN
-    PERFORM credit_events_lock_entities(ARRAY[p_entity_id]);
     IF p_entity_id IS NOT NULL THEN
         -- Backward scan of credit_events_entity_version_key: one index probe.
         SELECT coalesce(max(e.entity_version), 0) INTO v_current
@@ -110,8 +111,35 @@ BEGIN
 END;
 $$;
 
+-- One append: the lock step, then the append under it.
+CREATE OR REPLACE FUNCTION credit_events_append(
+    p_event_id         UUID,
+    p_idempotency_key  VARCHAR(255),
+    p_event_type       VARCHAR(50),
+    p_schema_version   INTEGER,
+    p_timestamp        TIMESTAMPTZ,
+    p_actor_id         VARCHAR(100),
+    p_correlation_id   UUID,
+    p_causation_id     UUID,
+    p_payload          JSONB,
+    p_entity_id        TEXT,
+    p_expected_version INTEGER
+) RETURNS TABLE (stored_position BIGINT, stored_entity_version INTEGER)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    PERFORM credit_events_lock_entities(ARRAY[p_entity_id]);
+    RETURN QUERY
+    SELECT a.stored_position, a.stored_entity_version
+      FROM credit_events_append_locked(p_event_id, p_idempotency_key, p_event_type, p_schema_version, p_timestamp,
+                                       p_actor_id, p_correlation_id, p_causation_id, p_payload, p_entity_id,
+                                       p_expected_version) AS a;
+END;
+$$;
+
 -- Migration 0001's batch: every entity of the batch is locked up front by the same step, then
--- each element appends as credit_events_append (whose own lock of its entity is then re-entrant).
+-- each element appends under those locks (no second lock step per element).
 CREATE OR REPLACE FUNCTION credit_events_append_batch(
     p_event_ids         UUID[],
     p_idempotency_keys  VARCHAR(255)[],
@@ -137,9 +165,9 @@ BEGIN
                   p_correlation_ids, p_causation_ids, p_payloads, p_entity_ids, p_expected_versions)
            WITH ORDINALITY AS e(event_id, idempotency_key, event_type, schema_version, ts, actor_id,
                                 correlation_id, causation_id, payload, entity_id, expected_version, ord)
-      LEFT JOIN LATERAL credit_events_append(e.event_id, e.idempotency_key, e.event_type, e.schema_version, e.ts,
-                                             e.actor_id, e.correlation_id, e.causation_id, e.payload, e.entity_id,
-                                             e.expected_version) AS a ON true
+      LEFT JOIN LATERAL credit_events_append_locked(e.event_id, e.idempotency_key, e.event_type, e.schema_version,
+                                                    e.ts, e.actor_id, e.correlation_id, e.causation_id, e.payload,
+                                                    e.entity_id, e.expected_version) AS a ON true
      ORDER BY e.ord;
 END;
 $$;

@@ -78,7 +78,8 @@ GRANT EXECUTE ON FUNCTION
     credit_events_append_checkpointed(UUID[], VARCHAR[], VARCHAR[], INTEGER[], TIMESTAMPTZ[], VARCHAR[], UUID[],
                                       UUID[], JSONB[], TEXT[], INTEGER[], VARCHAR, BIGINT),
     credit_checkpoints_advance(VARCHAR, BIGINT),
-    credit_events_lock_entities(TEXT[])
+    credit_events_lock_entities(TEXT[]),
+    credit_events_append_locked(UUID, VARCHAR, VARCHAR, INTEGER, TIMESTAMPTZ, VARCHAR, UUID, UUID, JSONB, TEXT, INTEGER)
 TO PUBLIC;
 
 DROP FUNCTION credit_roles();

@@ -8,8 +8,9 @@ SET LOCAL lock_timeout = '5s';
 -- the writer role needs no INSERT on credit_events: a writer login cannot bypass the entity lock
 -- and the version rule with a raw INSERT. Their search_path is pinned (migration 0008, pg_temp
 -- last), as SECURITY DEFINER requires. Only the writer role may call them: PUBLIC's default
--- EXECUTE is revoked. The lock step stays SECURITY INVOKER: it only takes advisory locks, and
--- the appends (as owner) and imports (which run as the owner) call it.
+-- EXECUTE is revoked, also on the lock step and on credit_events_append_locked (the append
+-- without its lock step), which only the functions (as owner) and imports (run as the owner)
+-- call; those two stay SECURITY INVOKER.
 ALTER FUNCTION credit_events_append(UUID, VARCHAR, VARCHAR, INTEGER, TIMESTAMPTZ, VARCHAR, UUID, UUID, JSONB,
                                    TEXT, INTEGER) SECURITY DEFINER;
 ALTER FUNCTION credit_events_append_batch(UUID[], VARCHAR[], VARCHAR[], INTEGER[], TIMESTAMPTZ[], VARCHAR[], UUID[],
@@ -26,7 +27,8 @@ REVOKE EXECUTE ON FUNCTION
     credit_events_append_checkpointed(UUID[], VARCHAR[], VARCHAR[], INTEGER[], TIMESTAMPTZ[], VARCHAR[], UUID[],
                                       UUID[], JSONB[], TEXT[], INTEGER[], VARCHAR, BIGINT),
     credit_checkpoints_advance(VARCHAR, BIGINT),
-    credit_events_lock_entities(TEXT[])
+    credit_events_lock_entities(TEXT[]),
+    credit_events_append_locked(UUID, VARCHAR, VARCHAR, INTEGER, TIMESTAMPTZ, VARCHAR, UUID, UUID, JSONB, TEXT, INTEGER)
 FROM PUBLIC;
 
 -- The group roles of this schema: <prefix>_writer and <prefix>_reader, where the prefix is the

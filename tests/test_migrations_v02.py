@@ -156,7 +156,7 @@ BEFORE_0008 = {
     "indexes": "idx_credit_events_correlation:true,idx_credit_events_type:true",
 }
 AFTER_0009 = {
-    "pinned": 10, "lock_function": True, "reader_draws_ids": False,
+    "pinned": 11, "lock_function": True, "reader_draws_ids": False,
     "table_options": "autovacuum_vacuum_insert_scale_factor=0.01,autovacuum_vacuum_insert_threshold=10000,"
                      "autovacuum_freeze_min_age=0",
     "gin_options": "fastupdate=off",

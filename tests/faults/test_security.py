@@ -620,6 +620,10 @@ async def test_only_writers_may_call_the_append_functions(database_url, member):
     for url in (await member(None), await member("eventstore_reader")):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for function"):
             await sql(url, f"SELECT * FROM {APPEND_FUNCTION}")
+    # Nor may a writer call the append without its lock step.
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for function"):
+        await sql(await member("eventstore_writer"),
+                  "SELECT * FROM " + APPEND_FUNCTION.replace("credit_events_append(", "credit_events_append_locked("))
     await sql(await member("eventstore_writer"), f"SELECT * FROM {APPEND_FUNCTION}")
     assert await fetchval(database_url, "SELECT count(*) FROM credit_events WHERE entity_id = 'acct-raw'") == 1
 
