@@ -64,7 +64,9 @@ class DatabaseURL:
             userinfo = quote(unquote(user), safe="") + (colon and ":" + quote(unquote(password), safe=""))
         netloc = f"{userinfo}{at}{hostinfo}"
         # Built by hand: urlunsplit drops the '//' of an empty host (postgresql:///db?host=/socket).
-        encoded = urlencode(query)
+        # quote, not urlencode's default quote_plus: libpq does not read '+' as a space
+        # (?options=-c%20name%3Dvalue would reach the server as "+name").
+        encoded = urlencode(query, quote_via=quote)
         return f"{scheme}://{netloc}{self.parts.path}" + (f"?{encoded}" if encoded else "")
 
     def asyncpg_dsn(self) -> str:

@@ -325,3 +325,36 @@ async def test_entity_locks_are_taken_in_one_place(database_url):
     assert [p.name for p in sql_dir.glob("*.sql") if "pg_advisory_xact_lock" in p.read_text()] == []
     assert "credit_events_lock_entities" in QUERIES.import_batch.sql
     assert "credit_events_lock_entities" in QUERIES.import_batch_on_conflict.sql
+
+
+async def test_a_read_behind_a_migrations_lock_fails_after_lock_timeout(database_url):
+    admin = await connect(database_url)
+    try:
+        async with PostgresEventJournal(database_url, pool_size=2, lock_timeout=0.3, statement_timeout=20) as journal:
+            await journal.append_event(event())
+            await admin.execute("BEGIN; LOCK TABLE credit_events IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(DatabaseUnavailableError, match="not granted within lock_timeout.*retry"):
+                await asyncio.wait_for(read_all(journal), GUARD)
+            await admin.execute("ROLLBACK")
+            assert len(await read_all(journal)) == 1
+    finally:
+        await admin.close()
+
+
+async def test_a_subscription_waits_out_a_migrations_lock(database_url):
+    """Subscriptions wait for locks as they wait for the fence: their connection has no lock_timeout."""
+    admin = await connect(database_url)
+    try:
+        async with PostgresEventJournal(database_url, pool_size=2, lock_timeout=0.3) as journal:
+            stored = [event(), event()]
+            await journal.append_events(stored)
+            stream = journal.subscribe()
+            await admin.execute("BEGIN; LOCK TABLE credit_events IN ACCESS EXCLUSIVE MODE")
+            first = asyncio.ensure_future(anext(stream))
+            await asyncio.sleep(1.0)  # more than three lock_timeouts
+            assert not first.done()
+            await admin.execute("ROLLBACK")
+            assert (await asyncio.wait_for(first, GUARD)).idempotency_key == stored[0].idempotency_key
+            await stream.aclose()
+    finally:
+        await admin.close()

@@ -104,12 +104,14 @@ class Connections:
     def url(self) -> DatabaseURL:
         return self.errors.url
 
-    def options(self, application_name: str) -> dict[str, Any]:
+    def options(self, application_name: str, *, lock_timeout: bool = True) -> dict[str, Any]:
+        """``lock_timeout=False``: the connection waits for locks up to the statement timeout (a
+        subscription waits out a migration's lock, as it waits out the fence)."""
         return connect_options(
             self.errors.url, self.errors.schema, application_name=application_name,
             connect_timeout=self.connect_timeout, statement_timeout=self.statement_timeout,
             # A hot entity's appenders queue on its lock: past this they fail, saying so.
-            lock_timeout=str(int(self.lock_timeout * 1000)),
+            lock_timeout=str(int(self.lock_timeout * 1000)) if lock_timeout else "0",
         )
 
     async def open(self) -> asyncpg.Pool:
@@ -142,6 +144,8 @@ class Connections:
             raise self.errors.unavailable(exc) from None
         except asyncpg.InsufficientPrivilegeError as exc:
             raise self.errors.denied(exc, "run this statement", "eventstore_writer (writes) or eventstore_reader (reads)") from None
+        except asyncpg.LockNotAvailableError as exc:  # queued past lock_timeout (behind a migration, say)
+            raise self.errors.translate(exc, "run this statement", "") from None
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         async with self.acquire() as conn:

@@ -43,7 +43,7 @@ class PostgresEventJournal(BaseEventJournal):
     ``max_overflow`` more are opened under load; ``schema`` selects the search_path.
     ``statement_timeout`` bounds every statement; ``lock_timeout`` bounds the wait for a lock (an
     append queued behind others to the same entity, a read behind a migration), after which the
-    call fails with :class:`DatabaseUnavailableError` and nothing is written. ``get_metrics()``'s
+    call fails with :class:`DatabaseUnavailableError` and nothing is written; subscriptions wait. ``get_metrics()``'s
     ``total_events`` starts from an exact count below 100,000 events and from the planner's
     estimate above (``total_events_exact`` says which): opening never scans a big table."""
 

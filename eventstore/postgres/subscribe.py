@@ -77,7 +77,7 @@ async def _listen(connections: Connections, wake: asyncio.Event) -> asyncpg.Conn
             raise DatabaseUnavailableError("the journal was closed")
         conn: asyncpg.Connection | None = None
         try:
-            conn = await connect(connections.errors, connections.options("eventstore-subscription"))
+            conn = await connect(connections.errors, connections.options("eventstore-subscription", lock_timeout=False))
             await conn.add_listener(channel(connections.errors.schema), lambda *_: wake.set())
         except (DatabaseUnavailableError, *UNAVAILABLE) as exc:  # lost between connecting and listening: a failed attempt too
             if conn is not None:

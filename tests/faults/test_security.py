@@ -630,7 +630,11 @@ async def test_only_writers_may_call_the_append_functions(database_url, member):
 
 async def test_a_schema_with_its_own_role_prefix_keeps_logins_apart(database_url, member):
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(upgrade_schema, database_url, "tenant", role_prefix=prefix)
+    # Through the command line, with session options of its own in the URL (the prefix is added to them).
+    url_with_options = database_url + "?options=-c%20application_name%3Dtenant-upgrade"
+    run = await asyncio.to_thread(cli, "schema", "upgrade", "--database-url", url_with_options, "--schema", "tenant",
+                                  "--role-prefix", prefix)
+    assert run.returncode == 0, run.stderr
     try:
         tenant_writer = await member(f"{prefix}_writer")
         async with PostgresEventJournal(tenant_writer + "?schema=tenant", pool_size=1) as journal:
@@ -653,3 +657,6 @@ async def test_a_schema_with_its_own_role_prefix_keeps_logins_apart(database_url
             await sql(database_url, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
     with pytest.raises(ConfigurationError, match="invalid role prefix"):
         upgrade_schema(database_url, "other", role_prefix="Bad-Prefix")
+    run = await asyncio.to_thread(cli, "schema", "upgrade", "--database-url", database_url, "--schema", "other",
+                                  env={"EVENTSTORE_ROLE_PREFIX": "Bad-Prefix"})
+    assert run.returncode == 2 and "invalid role prefix" in run.stderr and "Traceback" not in run.stderr, run.stderr
