@@ -158,6 +158,9 @@ async def wait_caught_up(followers: list[Follower], target: int, guard: float) -
     limit = time.monotonic() + guard
     while any(f.last < target and f.error is None for f in followers) and time.monotonic() < limit:
         await asyncio.sleep(0.02)
+    for f in followers:
+        if f.last < target and f.error is None:  # a stalled subscription, told apart from a skipping one
+            f.error = f"still at position {f.last} of {target} {guard:g} s after the writers finished"
 
 
 # -- child processes ---------------------------------------------------------------------------
@@ -352,9 +355,13 @@ def verify(run: dict[str, Any]) -> list[str]:
             failures.append(f"{f['name']}: subscription raised {f['error']}")
         if got != expected:
             got_set, expected_set = set(got), set(expected)
+            missing = sorted(expected_set - got_set)
+            last = got[-1][0] if got else f["after"]
             failures.append(
                 f"{f['name']} (after {f['after']}): got {len(got)} events, expected {len(expected)}: "
-                f"{len(expected_set - got_set)} missing, {len(got_set - expected_set)} not stored, "
+                f"{len(missing)} missing (positions {[p for p, _ in missing[:12]]}, "
+                f"{sum(p < last for p, _ in missing)} of them below its last delivered position {last}), "
+                f"{len(got_set - expected_set)} not stored, "
                 f"{len(got) - len(got_set)} repeated, in order: {got == sorted(got_set)}")
     return failures
 
