@@ -7,6 +7,12 @@ SELECT stored_position, stored_entity_version
   FROM credit_events_append(:event_id, :idempotency_key, :event_type, :schema_version, :timestamp, :actor_id,
                             :correlation_id, :causation_id, :payload, :entity_id, :expected_version);
 
+-- name: append_group(event_ids, idempotency_keys, event_types, schema_versions, timestamps, actor_ids, correlation_ids, causation_ids, payloads, entity_ids, expected_versions)
+-- Group commit (migration 0011): the single appends queued while the previous round trip was out, in one transaction with one outcome per event, so one caller's conflict or duplicate never fails a neighbour.
+SELECT outcome, stored_position, stored_entity_version
+  FROM credit_events_append_group(:event_ids, :idempotency_keys, :event_types, :schema_versions, :timestamps, :actor_ids,
+                                  :correlation_ids, :causation_ids, :payloads, :entity_ids, :expected_versions);
+
 -- name: append_events(event_ids, idempotency_keys, event_types, schema_versions, timestamps, actor_ids, correlation_ids, causation_ids, payloads, entity_ids, expected_versions)
 -- One statement, so atomic without BEGIN/COMMIT round trips: credit_events_append_batch locks the batch's entities in a global order, then appends each element in order; an empty row marks a duplicate.
 SELECT stored_position, stored_entity_version

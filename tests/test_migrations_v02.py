@@ -83,18 +83,18 @@ async def test_new_migrations_go_down_and_up_again_with_events_kept(database_url
         await journal.append_many([event(entity_id="acct-1") for _ in range(5)], checkpoint=("relay", 10))
         before = await read_all(journal)
     assert roll_back_to(database_url, "0004_roles") == [
-        "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions", "0007_fence_waits_for_writers", "0006_checkpoints",
+        "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions", "0007_fence_waits_for_writers", "0006_checkpoints",
         "0005_event_type_255"]
     assert [s.migration_id for s in schema_status(database_url) if not s.applied] == [
         "0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers", "0008_hardened_functions",
-        "0009_keyset_indexes", "0010_definer_appends_and_schema_roles"]
+        "0009_keyset_indexes", "0010_definer_appends_and_schema_roles", "0011_group_append"]
     assert sql(database_url, "SELECT to_regclass('credit_checkpoints') IS NULL") is True
     with pytest.raises(EventStoreError, match="eventstore schema upgrade"):
         await PostgresEventJournal(database_url, pool_size=1).initialize()
 
     assert upgrade_schema(database_url) == ["0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers",
                                             "0008_hardened_functions", "0009_keyset_indexes",
-                                            "0010_definer_appends_and_schema_roles"]
+                                            "0010_definer_appends_and_schema_roles", "0011_group_append"]
     async with PostgresEventJournal(database_url, pool_size=1) as journal:
         assert await read_all(journal) == before  # the events did not move
         assert await journal.checkpoint("relay") is None  # consumers' progress went with the table
@@ -111,13 +111,13 @@ async def test_0005_rollback_refuses_while_a_longer_type_is_stored(database_url)
     # 0009 to 0006 went down in their own transactions; 0005 stayed, with the event.
     assert [s.migration_id for s in schema_status(database_url) if not s.applied] == [
         "0006_checkpoints", "0007_fence_waits_for_writers", "0008_hardened_functions", "0009_keyset_indexes",
-        "0010_definer_appends_and_schema_roles"]
+        "0010_definer_appends_and_schema_roles", "0011_group_append"]
     assert sql(database_url, "SELECT event_type FROM credit_events") == LONG_TYPE
     assert sql(database_url, "SELECT character_maximum_length FROM information_schema.columns "
                              "WHERE table_name = 'credit_events' AND column_name = 'event_type'") == 255
     assert upgrade_schema(database_url) == ["0006_checkpoints", "0007_fence_waits_for_writers",
                                             "0008_hardened_functions", "0009_keyset_indexes",
-                                            "0010_definer_appends_and_schema_roles"]
+                                            "0010_definer_appends_and_schema_roles", "0011_group_append"]
 
 
 async def test_writer_and_reader_roles_get_checkpoint_privileges(database_url):
@@ -155,8 +155,8 @@ BEFORE_0008 = {
     "pinned": 0, "lock_function": False, "reader_draws_ids": True, "table_options": "", "gin_options": "",
     "indexes": "idx_credit_events_correlation:true,idx_credit_events_type:true",
 }
-AFTER_0009 = {
-    "pinned": 11, "lock_function": True, "reader_draws_ids": False,
+AT_HEAD = {  # 0008-0010's hardening; 0011's group append is pinned as well
+    "pinned": 12, "lock_function": True, "reader_draws_ids": False,
     "table_options": "autovacuum_vacuum_insert_scale_factor=0.01,autovacuum_vacuum_insert_threshold=10000,"
                      "autovacuum_freeze_min_age=0",
     "gin_options": "fastupdate=off",
@@ -169,10 +169,10 @@ async def test_0008_to_0010_go_down_and_up_again_on_a_table_with_data(database_u
     async with PostgresEventJournal(database_url, pool_size=1) as journal:
         await journal.append_many([event(entity_id="acct-1") for _ in range(3)], checkpoint=("relay", 7))
         before = await read_all(journal)
-    assert hardening(database_url) == AFTER_0009
+    assert hardening(database_url) == AT_HEAD
 
     assert roll_back_to(database_url, "0007_fence_waits_for_writers") == [
-        "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions"]
+        "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions"]
     assert hardening(database_url) == BEFORE_0008
     # An interrupted build of 0009 leaves an INVALID index under the new name (here: a unique
     # build that fails on duplicates); running the migration again replaces it.
@@ -181,8 +181,8 @@ async def test_0008_to_0010_go_down_and_up_again_on_a_table_with_data(database_u
     assert sql(database_url, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_credit_events_type_id'::regclass") is False
 
     assert upgrade_schema(database_url) == ["0008_hardened_functions", "0009_keyset_indexes",
-                                            "0010_definer_appends_and_schema_roles"]
-    assert hardening(database_url) == AFTER_0009
+                                            "0010_definer_appends_and_schema_roles", "0011_group_append"]
+    assert hardening(database_url) == AT_HEAD
     assert sql(database_url, "SELECT pg_get_indexdef('idx_credit_events_type_id'::regclass)").endswith("(event_type, id)")
     async with PostgresEventJournal(database_url, pool_size=1) as journal:
         assert await read_all(journal) == before  # the events did not move

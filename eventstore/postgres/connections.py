@@ -99,6 +99,7 @@ class Connections:
         self._lane: list[asyncpg.Connection] = []
         self._lane_cap = min(pool_size, self.max_size - 1)
         self._lane_held = 0
+        self._generation = 0  # drop_connections() counts up: a connection out at the time never returns to the lane
 
     @property
     def url(self) -> DatabaseURL:
@@ -166,6 +167,7 @@ class Connections:
         pool = self.require_pool()
         conn = self._lane_pop()
         from_lane = conn is not None
+        generation = self._generation
         if conn is None:
             try:
                 conn = await pool.acquire()
@@ -187,7 +189,10 @@ class Connections:
             # After close() began (self.pool is None) every connection goes back to the pool,
             # which is waiting for exactly that.
             lane_open = self.pool is pool
-            keep = outcome == "ok" and lane_open and is_open(conn) and (from_lane or self._lane_held < self._lane_cap)
+            # A connection out while the server went away may have been cut too, though its own
+            # statement finished: it goes back to the pool, which replaces it.
+            current = generation == self._generation
+            keep = outcome == "ok" and lane_open and current and is_open(conn) and (from_lane or self._lane_held < self._lane_cap)
             if keep:
                 if not from_lane:
                     self._lane_held += 1
@@ -211,6 +216,11 @@ class Connections:
         return None
 
     @property
+    def lane_cap(self) -> int:
+        """How many append round trips may be out at once (at least one)."""
+        return max(1, self._lane_cap)
+
+    @property
     def lane_size(self) -> int:
         return len(self._lane)
 
@@ -219,6 +229,7 @@ class Connections:
         pool = self.pool
         if pool is None:
             return
+        self._generation += 1
         await pool.expire_connections()  # pooled ones reconnect on their next acquire
         lane, self._lane = self._lane, []
         self._lane_held -= len(lane)

@@ -14,17 +14,17 @@ import asyncpg
 from ..base import BaseEventJournal, Checked, Checkpoint, EntityRead, EventQuery, Location, Stored
 from ..dsn import DatabaseURL, parse_database_url
 from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENCODER, EventEnvelope, Snapshot
-from ..errors import ConfigurationError, EventStoreError
+from ..errors import ConcurrencyError, ConfigurationError, EventStoreError
 from .connections import Connections
 from .errors import CONFLICT_SQLSTATE, ErrorMap, conflict_entity
 from .fence import settle
+from .group_commit import CONFLICT, STORED, GroupCommit
 from .notifier import Notifier
 from .queries import QUERIES
 from .rows import ENTITY_VERSION, POSITION, batch_params, event_params, row_to_event
 from .schema import check_schema_name, require_current_schema
 from .subscribe import follow
 
-_APPEND_SQL: str = QUERIES.append_event.sql
 _APPEND_BATCH_SQL: str = QUERIES.append_events.sql
 _APPEND_CHECKPOINTED_SQL: str = QUERIES.append_checkpointed.sql
 _READ_PAGE_SQL: str = QUERIES.read_events_page.sql
@@ -45,7 +45,12 @@ class PostgresEventJournal(BaseEventJournal):
     append queued behind others to the same entity, a read behind a migration), after which the
     call fails with :class:`DatabaseUnavailableError` and nothing is written; subscriptions wait. ``get_metrics()``'s
     ``total_events`` starts from an exact count below 100,000 events and from the planner's
-    estimate above (``total_events_exact`` says which): opening never scans a big table."""
+    estimate above (``total_events_exact`` says which): opening never scans a big table.
+
+    Single appends are group-committed: at most ``append_connections`` append round trips are
+    out at once (bounded by ``pool_size``), and the calls that arrive meanwhile go together in
+    the next one, one transaction with an outcome per event (``postgres/group_commit.py``). A
+    lone caller goes at once; ``append_events``/``append_many`` batches go on their own."""
 
     backend = "postgres"
 
@@ -62,11 +67,14 @@ class PostgresEventJournal(BaseEventJournal):
         connect_timeout: float | None = None,
         statement_timeout: float = 30.0,
         lock_timeout: float = 5.0,
+        append_connections: int = 2,
     ) -> None:
         super().__init__(max_payload_bytes=max_payload_bytes)
         self.url: DatabaseURL = parse_database_url(database_url)
         if pool_size < 1 or max_overflow < 0:
             raise ConfigurationError(f"pool_size must be >= 1 and max_overflow >= 0 (got {pool_size}, {max_overflow})")
+        if append_connections < 1:
+            raise ConfigurationError(f"append_connections must be >= 1 (got {append_connections!r})")
         if not lock_timeout > 0:
             raise ConfigurationError(f"lock_timeout must be > 0 seconds (got {lock_timeout!r})")
         self.schema = check_schema_name(schema or self.url.schema or "public")
@@ -87,6 +95,7 @@ class PostgresEventJournal(BaseEventJournal):
         self._total_exact = True  # False: total_events started from the planner's estimate (a big table)
         self._init_lock = asyncio.Lock()
         self._notifier = Notifier(self.connections)
+        self._group = GroupCommit(self.connections, min(append_connections, self.connections.lane_cap))
 
     def __repr__(self) -> str:
         return f"PostgresEventJournal({self.url}, schema={self.schema!r})"
@@ -150,15 +159,17 @@ class PostgresEventJournal(BaseEventJournal):
     async def _store_one(self, event: Checked, expected_version: int | None) -> Stored:
         envelope, payload_json = event
         try:
-            row = await self.connections.append_call(_APPEND_SQL, *event_params(envelope, payload_json, expected_version))
+            outcome, position, version = await self._group.append(event_params(envelope, payload_json, expected_version))
         except asyncpg.PostgresError as exc:
             raise self.errors.append_error(exc, envelope.entity_id, expected_version) from None
-        if row is None:
-            self._remember(envelope.idempotency_key, None)
-            return None
-        self._remember(envelope.idempotency_key, (row[0], row[1]))
-        self._stored(1)
-        return row[0], row[1]
+        if outcome == STORED:
+            self._remember(envelope.idempotency_key, (position, version))  # type: ignore[arg-type]
+            self._stored(1)
+            return position, version  # type: ignore[return-value]
+        if outcome == CONFLICT:
+            raise ConcurrencyError(envelope.entity_id, -1 if expected_version is None else expected_version, version or 0)
+        self._remember(envelope.idempotency_key, None if position is None else (position, version))
+        return None
 
     async def _store_many(self, events: list[Checked], expected: list[int | None], checkpoint: Checkpoint | None) -> list[Stored]:
         batch = [event for event, _ in events]
@@ -298,6 +309,8 @@ class PostgresEventJournal(BaseEventJournal):
             "pool_in_use": size - idle,
             "pool_max_size": self.connections.max_size,
             "append_lane": self.connections.lane_size,
+            "append_groups": self._group.groups,
+            "append_grouped_events": self._group.grouped,
             "database": self.url.where,
             "schema": self.schema,
         }

@@ -592,6 +592,9 @@ def test_pgpassfile_serves_journal_schema_commands_and_cli(tmp_path, jsonl, monk
 
 APPEND_FUNCTION = ("credit_events_append(gen_random_uuid(), 'raw-' || gen_random_uuid(), 'credits.minted', 1, now(), "
                    "'raw', gen_random_uuid(), NULL, '{}'::jsonb, 'acct-raw', NULL)")
+APPEND_GROUP_FUNCTION = ("credit_events_append_group(ARRAY[gen_random_uuid()], ARRAY['raw-group'], ARRAY['credits.minted'], "
+                         "ARRAY[1], ARRAY[now()], ARRAY['raw'], ARRAY[gen_random_uuid()], ARRAY[NULL::uuid], "
+                         "ARRAY['{}'::jsonb], ARRAY['acct-raw'], ARRAY[NULL::integer])")
 RAW_INSERT = ("INSERT INTO credit_events (event_id, idempotency_key, event_type, \"timestamp\", actor_id, correlation_id, "
               "payload, entity_id, entity_version) VALUES (gen_random_uuid(), 'raw', 'credits.minted', now(), 'raw', "
               "gen_random_uuid(), '{}', 'acct-1', 7)")
@@ -611,7 +614,10 @@ async def test_a_writer_member_appends_only_through_the_functions(database_url, 
         assert await journal.append(event(entity_id="acct-1"), expected_version=0)
         await journal.append_many([event(entity_id="acct-1")], checkpoint=("relay", 5))
         assert await journal.checkpoint("relay") == 5
-        assert [e.entity_version async for e in journal.read_entity("acct-1")] == [1, 2]
+        # A burst: one lone append, then the rest as one group (migration 0011's function).
+        burst = await asyncio.gather(*(journal.append(event(entity_id="acct-1")) for _ in range(4)))
+        assert journal.get_metrics()["append_groups"] == 1 and all(a.stored for a in burst)
+        assert [e.entity_version async for e in journal.read_entity("acct-1")] == [1, 2, 3, 4, 5, 6]
 
 
 async def test_only_writers_may_call_the_append_functions(database_url, member):
@@ -620,6 +626,8 @@ async def test_only_writers_may_call_the_append_functions(database_url, member):
     for url in (await member(None), await member("eventstore_reader")):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for function"):
             await sql(url, f"SELECT * FROM {APPEND_FUNCTION}")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for function"):
+            await sql(url, f"SELECT * FROM {APPEND_GROUP_FUNCTION}")
     # Nor may a writer call the append without its lock step.
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for function"):
         await sql(await member("eventstore_writer"),
