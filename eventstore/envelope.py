@@ -127,8 +127,70 @@ def _check_uuid(field: str, value: object, *, nullable: bool = False) -> None:
         raise InvalidEventError(field, f"must be a uuid.UUID, got {type(value).__name__}")
 
 
+def _clean_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _clean_payload(payload: dict[str, Any]) -> bool:
+    """True when every value is plain JSON (exact built-in types), every string storable, every
+    number finite and in range, the nesting within bounds: the common case, checked without
+    building a path per value. Anything else (a problem, or a subclass such as an IntEnum) is
+    left to the walk of :func:`check_payload_values`, which names where it is."""
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        container, depth = pop()
+        if depth > MAX_PAYLOAD_DEPTH:
+            return False
+        if type(container) is dict:
+            for key, value in container.items():
+                if type(key) is not str or not _clean_text(key):
+                    return False
+                kind = type(value)
+                if kind is str:
+                    if not _clean_text(value):
+                        return False
+                elif kind is int:
+                    if value.bit_length() > MAX_INT_BITS:
+                        return False
+                elif kind is float:
+                    if not math.isfinite(value):
+                        return False
+                elif kind is dict or kind is list:
+                    push((value, depth + 1))
+                elif value is not None and kind is not bool:
+                    return False
+        else:
+            for value in container:
+                kind = type(value)
+                if kind is str:
+                    if not _clean_text(value):
+                        return False
+                elif kind is int:
+                    if value.bit_length() > MAX_INT_BITS:
+                        return False
+                elif kind is float:
+                    if not math.isfinite(value):
+                        return False
+                elif kind is dict or kind is list:
+                    push((value, depth + 1))
+                elif value is not None and kind is not bool:
+                    return False
+    return True
+
+
 def check_payload_values(payload: dict[str, Any], root: str = "payload") -> None:
     """Walk the payload once: JSON types only, finite numbers, no NUL, bounded depth."""
+    if _clean_payload(payload):
+        return
     stack: list[tuple[Any, str, int]] = [(payload, root, 1)]
     while stack:
         value, where, depth = stack.pop()
