@@ -14,9 +14,11 @@ earlier position; the writer's scan and read-only journals collect it (``checkpo
 from __future__ import annotations
 
 import os
+import struct
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,6 +29,41 @@ from .errors import CorruptedEventError
 CHUNK = 1 << 20
 CHECKPOINT_TYPE = "$eventstore.checkpoint"  # payload: {"name": ..., "position": ...}
 _decode = ENVELOPE_DECODER.decode
+#: ``<journal>.writing``: the (start, end) byte offsets of the writer's write in progress, two
+#: little-endian u64; ``(end, end)`` once it is fdatasynced (eventstore.file.recovery.WriteMarker).
+WRITE_MARKER = struct.Struct("<QQ")
+
+
+def write_marker_path(journal_path: Path) -> Path:
+    return journal_path.with_name(journal_path.name + ".writing")
+
+
+def read_write_marker(journal_path: Path) -> tuple[int, int] | None:
+    """``(start, end)``, or ``None`` when no writer left a marker (yet)."""
+    try:
+        data = write_marker_path(journal_path).read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) < WRITE_MARKER.size:
+        return None
+    start, end = WRITE_MARKER.unpack_from(data)
+    return start, end
+
+
+def durable_size(journal_path: Path, size: int) -> int:
+    """How much of a journal of ``size`` bytes (taken *before* this call) a reader in another
+    process (a read-only journal, the importer, verify) may read: up to the start of the write in
+    progress, whose lines a crash would move aside. The whole file when no writer left a marker,
+    or when the marker says its last write is done and the file is longer: the writer records the
+    marker before each write, so those bytes were appended by something else (a tool, by hand),
+    and every reader reads them as the writer's scan does."""
+    marked = read_write_marker(journal_path)
+    if marked is None:
+        return size
+    start, end = marked
+    if start == end < size:
+        return size
+    return min(start, size)
 
 
 class LineCursor:

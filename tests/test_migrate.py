@@ -437,3 +437,27 @@ async def test_checkpoints_travel_through_import_verify_and_export(
     assert moved.returncode == 0 and "4 event(s) have another position in PostgreSQL" in moved.stdout, moved.stdout
     report = json.loads(cli("verify", str(back), "--database-url", empty_database_url, "--json").stdout)
     assert report["positions_moved"] == 4 and report["extra_in_database"] == 1
+
+
+async def test_import_and_verify_stop_before_a_killed_writers_unfinished_write(tmp_path, database_url):
+    """A writer SIGKILLed inside a large write() leaves whole lines of an unfinished batch, and
+    its marker (<journal>.writing) says where that write began; its recovery will move them
+    aside. The importer and verify read no further than that, as read-only journals do."""
+    from eventstore.jsonl import WRITE_MARKER, write_marker_path
+    from eventstore.postgres.file_verify import verify_file
+
+    source, path = tmp_path / "whole.jsonl", tmp_path / "killed.jsonl"
+    async with FileEventJournal(source) as journal:
+        await journal.append_events([event(idempotency_key=f"key-{n}") for n in range(3)])
+        await journal.append_events([event(idempotency_key=f"key-{n}") for n in range(3, 6)])  # cut short below
+    lines = source.read_bytes().splitlines(keepends=True)
+    durable = b"".join(lines[:3])
+    path.write_bytes(durable + b"".join(lines[3:5]))  # two of the batch's three lines reached the file
+    write_marker_path(path).write_bytes(WRITE_MARKER.pack(len(durable), len(durable) + len(b"".join(lines[3:]))))
+
+    result = await import_file(path, database_url)
+    assert (result.inserted, result.events, result.corrupt) == (3, 3, 0)
+    async with PostgresEventJournal(database_url, pool_size=1) as target:
+        assert [e.idempotency_key async for e in target.read_events()] == [f"key-{n}" for n in range(3)]
+    verified = await verify_file(path, database_url)
+    assert (verified.matched, verified.missing) == (3, 0)

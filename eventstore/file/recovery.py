@@ -7,7 +7,6 @@ import errno
 import fcntl
 import os
 import socket
-import struct
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -16,8 +15,7 @@ import msgspec
 
 from ..envelope import ENVELOPE_DECODER
 from ..errors import JournalLockedError
-
-_MARKER = struct.Struct("<QQ")  # (start, end) byte offsets of the write in progress
+from ..jsonl import WRITE_MARKER, durable_size, read_write_marker, write_marker_path
 
 
 def fsync_dir(directory: Path) -> None:
@@ -71,33 +69,21 @@ class WriteMarker:
     Not fsynced: it lives in the page cache, which outlives a killed process (not a power cut)."""
 
     def __init__(self, journal_path: Path) -> None:
-        self.path = journal_path.with_name(journal_path.name + ".writing")
+        self.journal_path = journal_path
+        self.path = write_marker_path(journal_path)
         self._fd: int | None = None
 
     def unfinished_write_start(self, size: int) -> int | None:
         """Where the last write began, when the file ends inside it (the write was cut short)."""
-        marked = self._read()
+        marked = read_write_marker(self.journal_path)
         if marked is None:
             return None
         start, end = marked
         return start if start < size < end else None
 
     def durable_size(self, size: int) -> int:
-        """How much of a file of ``size`` bytes a reader in another process may read: up to the
-        start of the write in progress (the whole file when no writer ever left a marker)."""
-        marked = self._read()
-        return size if marked is None else min(marked[0], size)
-
-    def _read(self) -> tuple[int, int] | None:
-        """``(start, end)``, or ``None`` when there is no marker (yet)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        if len(data) < _MARKER.size:
-            return None
-        start, end = _MARKER.unpack_from(data)
-        return start, end
+        """How much of a file of ``size`` bytes a reader in another process may read (jsonl.durable_size)."""
+        return durable_size(self.journal_path, size)
 
     def open(self) -> None:
         """Start from an empty marker (recovery has read the old one)."""
@@ -105,7 +91,7 @@ class WriteMarker:
 
     def record(self, start: int, end: int) -> None:
         if self._fd is not None:
-            os.pwrite(self._fd, _MARKER.pack(start, end), 0)
+            os.pwrite(self._fd, WRITE_MARKER.pack(start, end), 0)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -31,7 +31,7 @@ import asyncpg
 
 from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, EventEnvelope, validate_event
 from ..errors import CorruptedEventError, EventStoreError, InvalidEventError
-from ..jsonl import LineCursor, LineDecoder
+from ..jsonl import LineCursor, LineDecoder, durable_size
 from .errors import ENTITY_VERSION_KEY, EVENT_ID_KEY, IDEMPOTENCY_KEY_KEY
 from .queries import QUERIES
 from .rows import batch_params
@@ -103,7 +103,9 @@ class JournalFileReader:
     def __init__(self, path: str | os.PathLike[str], *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
         self.path = Path(path)
         self.max_payload_bytes = max_payload_bytes
-        self.size = self.path.stat().st_size  # lines appended after this are left for a catch-up run
+        # Lines appended after this are left for a catch-up run; a write a killed writer left
+        # unfinished (the <journal>.writing marker) is not read: the writer's recovery moves it aside.
+        self.size = durable_size(self.path, self.path.stat().st_size)
         self.bytes_read = 0
         self.key_hashes: set[int] = set()
         self.corrupt = 0
