@@ -7,7 +7,7 @@ threads may call it at once (their calls interleave on that loop as tasks would:
 journal group-commits their single appends). Reads are plain iterators that fetch a page of
 events per hop to the loop thread, so memory stays bounded whatever the journal's size;
 ``subscribe`` hands over each event as it arrives. ``close()`` (or leaving the ``with`` block)
-closes the journal and stops the thread.
+closes the journal and stops the thread; ``with`` opens a closed one again.
 
 Calling a ``SyncJournal`` from inside its own loop (a coroutine or callback running there) would
 wait for the loop it blocks: it raises ``RuntimeError`` instead.
@@ -40,15 +40,18 @@ class SyncJournal:
     underneath (use it only from :attr:`loop`)."""
 
     def __init__(self, backend: str | None = None, **options: Any) -> None:
-        self.loop = asyncio.new_event_loop()
         self.hops = 0  # calls handed to the loop thread (a read counts one per page)
-        self._thread = threading.Thread(target=self._run_loop, name="eventstore-sync", daemon=True)
-        self._thread.start()
+        self._start()
         try:
             self.journal: BaseEventJournal = self._call(create_event_journal(backend, **options))
         except BaseException:
             self._stop()
             raise
+
+    def _start(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="eventstore-sync", daemon=True)
+        self._thread.start()
 
     @property
     def thread(self) -> threading.Thread:
@@ -63,6 +66,15 @@ class SyncJournal:
         return f"SyncJournal({self.journal!r})"
 
     def __enter__(self) -> SyncJournal:
+        """Open again if closed (as ``async with`` initializes an async journal), on a new thread."""
+        self._refuse_own_loop()
+        if not self._thread.is_alive():
+            self._start()
+            try:
+                self._call(self.journal.initialize())
+            except BaseException:
+                self._stop()
+                raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -3,6 +3,7 @@ and journals of both backends over the same contract."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -76,6 +77,40 @@ async def open_journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
             await journal.initialize()
             opened.append(journal)
             return journal
+
+    yield make
+    for journal in opened:
+        await journal.close()
+
+
+@pytest.fixture(params=["file", "postgres", "file via eventstore.sync", "postgres via eventstore.sync"])
+async def contract_journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenJournal]:
+    """``open_journal`` for the contract suite: each backend directly, and through the blocking
+    interface (``tests/sync_adapter.py``)."""
+    from eventstore import sync
+
+    from .sync_adapter import AsyncOverSync
+
+    backend, through_sync = request.param.split(" ")[0], request.param.endswith("sync")
+    url = request.getfixturevalue("database_url") if backend == "postgres" else None
+    path = tmp_path / "events" / "credits.jsonl"
+    opened: list[Any] = []
+
+    async def make(**options: Any) -> Any:
+        if backend == "postgres":
+            options.setdefault("pool_size", 4)
+            where: dict[str, Any] = {"database_url": url}
+        else:
+            options.pop("pool_size", None)
+            where = {"path": path}
+        if through_sync:
+            journal: Any = AsyncOverSync(await asyncio.to_thread(sync.open_journal, backend, **where, **options))
+        else:
+            from eventstore import create_event_journal
+
+            journal = await create_event_journal(backend, **where, **options)
+        opened.append(journal)
+        return journal
 
     yield make
     for journal in opened:

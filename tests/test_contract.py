@@ -25,6 +25,12 @@ AWKWARD_PAYLOADS = [
 ]
 
 
+@pytest.fixture
+def open_journal(contract_journal):
+    """Every contract test runs on both backends, directly and through eventstore.sync."""
+    return contract_journal
+
+
 async def test_round_trip_awkward_payloads(journal):
     appended = [event("test.awkward", payload, entity_id=f"e{i % 3}") for i, payload in enumerate(AWKWARD_PAYLOADS)]
     for e in appended:

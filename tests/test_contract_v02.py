@@ -30,6 +30,12 @@ QUALIFIED = "bankaccounts.domainmodel:BankAccount.TransactionAppended"
 GUARD = 30  # seconds before a hung subscription fails the test
 
 
+@pytest.fixture
+def open_journal(contract_journal):
+    """Every contract test runs on both backends, directly and through eventstore.sync."""
+    return contract_journal
+
+
 async def collect(iterator) -> list:
     return [e async for e in iterator]
 
