@@ -16,6 +16,7 @@ wait for the loop it blocks: it raises ``RuntimeError`` instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -28,6 +29,7 @@ from .factory import create_event_journal
 T = TypeVar("T")
 
 PAGE = 1000  # events per hop to the loop thread for reads: bounded memory, few hops
+CLOSE_TIMEOUT = 5.0  # seconds close() gives reads left open to finish
 
 
 def open_journal(backend: str | None = None, **options: Any) -> SyncJournal:
@@ -40,7 +42,7 @@ class SyncJournal:
     underneath (use it only from :attr:`loop`)."""
 
     def __init__(self, backend: str | None = None, **options: Any) -> None:
-        self.hops = 0  # calls handed to the loop thread (a read counts one per page)
+        self.hops = 0  # calls handed to the loop thread (a read counts one per page; not locked: approximate across threads)
         self._start()
         try:
             self.journal: BaseEventJournal = self._call(create_event_journal(backend, **options))
@@ -199,6 +201,9 @@ class SyncJournal:
 
     def _stop(self) -> None:
         if self._thread.is_alive():
+            # Reads left open (an iterator dropped mid-way) are closed on the loop, then it stops.
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop).result(CLOSE_TIMEOUT)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()
         self.loop.close()

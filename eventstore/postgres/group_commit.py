@@ -82,8 +82,12 @@ class GroupCommit:
             while self._queue:
                 group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
                 group = [(params, waiter) for params, waiter in group if not waiter.done()]  # callers gone
-                if group:
+                try:
                     await self._send(group)
+                except Exception as exc:  # whatever went wrong, no caller of this group waits forever
+                    for _, waiter in group:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
         except BaseException:  # cancelled (the event loop is closing): nobody will carry the rest
             for _, waiter in self._queue:
                 waiter.cancel()
@@ -93,6 +97,8 @@ class GroupCommit:
             self._free += 1
 
     async def _send(self, group: list[tuple[tuple[Any, ...], asyncio.Future[Outcome]]]) -> None:
+        if not group:
+            return
         if len(group) == 1:
             params, waiter = group[0]
             await _settle(waiter, _alone(self._connections, params))
@@ -113,11 +119,14 @@ class GroupCommit:
             raise
         self.groups += 1
         self.grouped += len(group)
+        refused = []
         for (params, waiter), row in zip(group, rows, strict=True):
             if row[0] == REFUSED:
-                await _settle(waiter, _alone(self._connections, params))
+                refused.append((params, waiter))
             elif not waiter.done():
                 waiter.set_result((row[0], row[1], row[2]))
+        for params, waiter in refused:  # after the others have their answers
+            await _settle(waiter, _alone(self._connections, params))
 
 
 async def _alone(connections: Connections, params: Sequence[Any]) -> Outcome:
