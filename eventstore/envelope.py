@@ -151,39 +151,27 @@ def _clean_payload(payload: dict[str, Any]) -> bool:
         if depth > MAX_PAYLOAD_DEPTH:
             return False
         if type(container) is dict:
-            for key, value in container.items():
+            for key in container:
                 if type(key) is not str or not _clean_text(key):
                     return False
-                kind = type(value)
-                if kind is str:
-                    if not _clean_text(value):
-                        return False
-                elif kind is int:
-                    if value.bit_length() > MAX_INT_BITS:
-                        return False
-                elif kind is float:
-                    if not math.isfinite(value):
-                        return False
-                elif kind is dict or kind is list:
-                    push((value, depth + 1))
-                elif value is not None and kind is not bool:
-                    return False
+            values = container.values()
         else:
-            for value in container:
-                kind = type(value)
-                if kind is str:
-                    if not _clean_text(value):
-                        return False
-                elif kind is int:
-                    if value.bit_length() > MAX_INT_BITS:
-                        return False
-                elif kind is float:
-                    if not math.isfinite(value):
-                        return False
-                elif kind is dict or kind is list:
-                    push((value, depth + 1))
-                elif value is not None and kind is not bool:
+            values = container
+        for value in values:
+            kind = type(value)
+            if kind is str:
+                if not _clean_text(value):
                     return False
+            elif kind is int:
+                if value.bit_length() > MAX_INT_BITS:
+                    return False
+            elif kind is float:
+                if not math.isfinite(value):
+                    return False
+            elif kind is dict or kind is list:
+                push((value, depth + 1))
+            elif value is not None and kind is not bool:
+                return False
     return True
 
 
