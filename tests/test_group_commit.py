@@ -189,3 +189,40 @@ def test_append_connections_must_be_positive(bad):
 
     with pytest.raises(ConfigurationError, match="append_connections must be >= 1"):
         PostgresEventJournal("postgresql://postgres@127.0.0.1/x", append_connections=bad)
+
+
+async def test_a_key_committed_during_the_group_sends_its_events_alone_without_a_version_gap(database_url):
+    """Another session holds an uncommitted insert of key K (no entity, so it shares no lock with
+    the group). The group's probes cannot see K, the INSERT then waits for that session and skips
+    K when it commits: fewer rows than planned, so the function raises ES412 and every event is
+    appended alone. K's caller gets a duplicate, the others their own positions, with no gap in
+    the entity's versions."""
+    journal = await one_slot(database_url)
+    holder, watcher = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        await holder.execute("BEGIN")
+        await holder.fetch(
+            "SELECT * FROM credit_events_append(gen_random_uuid(), 'contested', 'credits.minted', 1, now(), 'other', "
+            "gen_random_uuid(), NULL, '{}'::jsonb, NULL, NULL)")
+        calls = [journal.append(event(entity_id="free-0"))]  # alone
+        calls += [journal.append(event(entity_id=None, idempotency_key="contested")),
+                  journal.append(event(entity_id="acct")), journal.append(event(entity_id="acct"))]
+        burst = asyncio.ensure_future(asyncio.gather(*calls, return_exceptions=True))
+        deadline = asyncio.get_running_loop().time() + GUARD
+        while not await watcher.fetchval(  # the group's INSERT waits for the holder's transaction
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'transactionid' AND query LIKE '%append_group%'"):
+            assert asyncio.get_running_loop().time() < deadline and not burst.done()
+            await asyncio.sleep(0.02)
+        await holder.execute("COMMIT")
+        lone, contested, first, second = await asyncio.wait_for(burst, GUARD)
+        assert lone.stored and not contested.stored and first.stored and second.stored
+        stored = {e.idempotency_key: e for e in await read_all(journal)}
+        assert contested.position == stored["contested"].position and stored["contested"].actor_id == "other"
+        assert [(first.position, first.entity_version), (second.position, second.entity_version)] == [
+            (e.position, e.entity_version) for e in stored.values() if e.entity_id == "acct"]
+        assert (first.entity_version, second.entity_version) == (1, 2)
+        assert journal.get_metrics()["append_groups"] == 1
+    finally:
+        await holder.close()
+        await watcher.close()
+        await journal.close()

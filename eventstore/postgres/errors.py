@@ -123,6 +123,11 @@ class ErrorMap:
             return DatabaseUnavailableError(text)
         return EventStoreError(text)
 
+    @staticmethod
+    def conflict(entity_id: str | None, expected: int | None, actual: int) -> ConcurrencyError:
+        """The entity was not at ``expected`` (``None``: no version was expected, -1 in the error)."""
+        return ConcurrencyError(entity_id, -1 if expected is None else expected, actual)
+
     def append_error(
         self, exc: asyncpg.PostgresError, entity_id: str | None, expected: int | None, checkpoint: tuple[str, int] | None = None
     ) -> BaseException:
@@ -130,8 +135,7 @@ class ErrorMap:
             return CheckpointConflictError(checkpoint[0], int(getattr(exc, "detail", None) or "0"), checkpoint[1])
         if exc.sqlstate == CONFLICT_SQLSTATE:
             actual = int(getattr(exc, "detail", None) or "0")
-            return ConcurrencyError(conflict_entity(exc) if entity_id is None else entity_id,
-                                    expected if expected is not None else -1, actual)
+            return self.conflict(conflict_entity(exc) if entity_id is None else entity_id, expected, actual)
         if isinstance(exc, asyncpg.LockNotAvailableError) and entity_id is not None:
             return DatabaseUnavailableError(
                 f"PostgreSQL at {self.url.where}: entity {entity_id!r} is busy: its append lock was not granted "
@@ -141,7 +145,7 @@ class ErrorMap:
             if exc.constraint_name == EVENT_ID_KEY:
                 return InvalidEventError("event_id", "already stored under a different idempotency_key")
             if exc.constraint_name == ENTITY_VERSION_KEY:
-                return ConcurrencyError(entity_id, expected if expected is not None else -1, -1)
+                return self.conflict(entity_id, expected, -1)
         return self.translate(exc, "append to credit_events", "eventstore_writer") or exc
 
 

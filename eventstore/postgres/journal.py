@@ -14,7 +14,7 @@ import asyncpg
 from ..base import BaseEventJournal, Checked, Checkpoint, EntityRead, EventQuery, Location, Stored
 from ..dsn import DatabaseURL, parse_database_url
 from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENCODER, EventEnvelope, Snapshot
-from ..errors import ConcurrencyError, ConfigurationError, EventStoreError
+from ..errors import ConfigurationError, EventStoreError
 from .connections import Connections
 from .errors import CONFLICT_SQLSTATE, ErrorMap, conflict_entity
 from .fence import settle
@@ -167,7 +167,7 @@ class PostgresEventJournal(BaseEventJournal):
             self._stored(1)
             return position, version  # type: ignore[return-value]
         if outcome == CONFLICT:
-            raise ConcurrencyError(envelope.entity_id, -1 if expected_version is None else expected_version, version or 0)
+            raise self.errors.conflict(envelope.entity_id, expected_version, version or 0)
         self._remember(envelope.idempotency_key, None if position is None else (position, version))
         return None
 
