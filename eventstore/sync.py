@@ -92,6 +92,11 @@ class SyncJournal:
         self.hops += 1
         return asyncio.run_coroutine_threadsafe(_awaited(coroutine), self.loop).result()
 
+    def run(self, coroutine: Awaitable[T]) -> T:
+        """Run ``coroutine`` on the journal's loop, where it may await :attr:`journal`'s methods,
+        and return its result: several calls that belong together in one hop."""
+        return self._call(coroutine)
+
     def _refuse_own_loop(self, coroutine: object = None) -> None:
         if threading.current_thread() is self._thread:
             _discard(coroutine)
