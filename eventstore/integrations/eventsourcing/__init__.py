@@ -7,7 +7,8 @@ eventstore's own factory does, each name looked up with the application's prefix
 
 - ``DATABASE_URL``: a PostgreSQL journal; ``EVENT_JOURNAL_SCHEMA`` its schema (default: the
   application's name in lower case, so each application has its own notification log), created
-  or upgraded on first use unless ``CREATE_TABLE`` is false;
+  or upgraded on first use unless ``CREATE_TABLE`` is false; ``EVENT_JOURNAL_POOL_SIZE`` (default
+  5, the connections kept open) and ``EVENT_JOURNAL_MAX_OVERFLOW`` (default 10) size its pool;
 - otherwise ``EVENT_JOURNAL_BACKEND`` / ``EVENT_JOURNAL_PATH``: the file journal (default
   ``storage/events/<application name>.jsonl``);
 - ``ORIGINATOR_ID_TYPE``: ``uuid`` (default) or ``text``, as eventsourcing's own modules.
@@ -47,6 +48,8 @@ class Factory(InfrastructureFactory[EventstoreTrackingRecorder]):
     EVENT_JOURNAL_BACKEND = "EVENT_JOURNAL_BACKEND"
     EVENT_JOURNAL_PATH = "EVENT_JOURNAL_PATH"
     EVENT_JOURNAL_SCHEMA = "EVENT_JOURNAL_SCHEMA"
+    EVENT_JOURNAL_POOL_SIZE = "EVENT_JOURNAL_POOL_SIZE"
+    EVENT_JOURNAL_MAX_OVERFLOW = "EVENT_JOURNAL_MAX_OVERFLOW"
     ORIGINATOR_ID_TYPE = "ORIGINATOR_ID_TYPE"
     CREATE_TABLE = "CREATE_TABLE"
 
@@ -78,7 +81,11 @@ class Factory(InfrastructureFactory[EventstoreTrackingRecorder]):
                     from ...postgres.schema import upgrade_schema  # asyncpg only when PostgreSQL is used
 
                     upgrade_schema(url, schema)
-                options = {"database_url": url, "schema": schema}
+                options = {
+                    "database_url": url, "schema": schema,
+                    "pool_size": _count(env, self.EVENT_JOURNAL_POOL_SIZE, 5),
+                    "max_overflow": _count(env, self.EVENT_JOURNAL_MAX_OVERFLOW, 10),
+                }
             else:
                 options = {"path": env.get(self.EVENT_JOURNAL_PATH) or f"storage/events/{app}.jsonl"}
             sync = open_journal(backend, **options)
@@ -113,6 +120,16 @@ class Factory(InfrastructureFactory[EventstoreTrackingRecorder]):
             if self._store is not None:
                 self._store.close()
                 self._store = None
+
+
+def _count(env: Environment, key: str, default: int) -> int:
+    value = env.get(key)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ProgrammingError(f"{key} must be a whole number, got {value!r}") from None
 
 
 def _schema_name(application: str) -> str:
