@@ -48,13 +48,14 @@ bench: venv postgres
 
 # Small counts, results in a temp dir: only checks that every benchmark runs.
 bench-quick: venv postgres
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run_all.py --quick
 
 # ruff, the import-linter contracts of pyproject.toml (layers, no cycles, asyncpg only in
 # postgres/), and the SQL linters over migrations/ (scripts/lint-sql.sh: squawk, plpgsql_check
 # on a throwaway database of the local PostgreSQL).
 lint: venv postgres sql-lint-tools
-	$(BIN)/ruff check eventstore tests bench
+	$(BIN)/ruff check eventstore tests bench examples
 	$(BIN)/lint-imports
 	SQUAWK=$(SQUAWK) PYTHON=$(BIN)/python bash scripts/lint-sql.sh
 

@@ -21,6 +21,8 @@ FIGURES = {
     "queries": ("Read and query latency", "bench/bench_queries.py"),
     "snapshots": ("Snapshot + delta vs full replay", "bench/bench_snapshots.py"),
     "load": ("Load: concurrent writers and subscribers", "bench/load.py"),
+    "eventsourcing": ("The eventsourcing library's recorders, and the blocking interface's hop",
+                      "bench/bench_eventsourcing.py"),
 }
 MACHINE_KEYS = ("cores", "cpu", "platform", "python", "asyncpg", "msgspec", "postgres", "pg_synchronous_commit",
                 "pg_wal_sync_method", "pg_fsync", "pg_shared_buffers", "pg_wal_buffers", "pg_commit_delay",

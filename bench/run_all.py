@@ -29,6 +29,7 @@ FULL = {
     # Sizes, WAL, GIN and the hot-entity ceiling at 1M rows (docs/operations.md): about 5 minutes.
     "bench_schema.py": ["--rows", "1000000"],
     "bench_schema_versions.py": ["--events", "3000"],
+    "bench_eventsourcing.py": ["--samples", "1000", "--jobs", "200", "--singles", "3000"],
 }
 QUICK = {
     "bench_append_latency.py": ["--events", "300"],
@@ -42,6 +43,7 @@ QUICK = {
     "load.py": ["--writers", "4", "--subscribers", "2", "--seconds", "2"],
     "bench_schema.py": ["--quick"],
     "bench_schema_versions.py": ["--events", "200"],
+    "bench_eventsourcing.py": ["--samples", "100", "--jobs", "20", "--singles", "200"],
 }
 
 
