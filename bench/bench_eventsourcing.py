@@ -52,7 +52,7 @@ def job(recorder: ApplicationRecorder, events: int) -> None:
 def latencies(recorders: dict[str, ApplicationRecorder], samples: int, rounds: int = 5) -> dict[str, list[float]]:
     """Seconds per one-event insert, the two recorders taking turns round by round."""
     out: dict[str, list[float]] = {name: [] for name in recorders}
-    for name, recorder in recorders.items():  # warm up, as test_performance does
+    for recorder in recorders.values():  # warm up, as test_performance does
         for _ in range(20):
             one_event(recorder)
     for _ in range(rounds):
