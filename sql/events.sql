@@ -14,7 +14,7 @@ SELECT outcome, stored_position, stored_entity_version
                                   :correlation_ids, :causation_ids, :payloads, :entity_ids, :expected_versions);
 
 -- name: append_events(event_ids, idempotency_keys, event_types, schema_versions, timestamps, actor_ids, correlation_ids, causation_ids, payloads, entity_ids, expected_versions)
--- One statement, so atomic without BEGIN/COMMIT round trips: credit_events_append_batch locks the batch's entities in a global order, then appends each element in order; an empty row marks a duplicate.
+-- One statement, so atomic without BEGIN/COMMIT round trips: credit_events_append_batch locks the batch's entities in a global order, then plans and inserts the whole batch set-based (migration 0012); an empty row marks a duplicate.
 SELECT stored_position, stored_entity_version
   FROM credit_events_append_batch(:event_ids, :idempotency_keys, :event_types, :schema_versions, :timestamps, :actor_ids,
                                   :correlation_ids, :causation_ids, :payloads, :entity_ids, :expected_versions);

@@ -24,6 +24,7 @@ from ..errors import (
 CONFLICT_SQLSTATE = "ES409"  # raised by credit_events_append; DETAIL is the entity's actual version
 CHECKPOINT_SQLSTATE = "ES410"  # raised by credit_checkpoints_advance; DETAIL is the stored position
 ISOLATION_SQLSTATE = "ES411"  # raised by credit_events_lock_entities outside READ COMMITTED
+RACE_SQLSTATE = "ES412"  # a group or batch stored fewer rows than planned: a key was committed meanwhile
 EVENT_ID_KEY = "credit_events_event_id_key"
 IDEMPOTENCY_KEY_KEY = "credit_events_idempotency_key_key"
 ENTITY_VERSION_KEY = "credit_events_entity_version_key"

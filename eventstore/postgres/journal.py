@@ -16,7 +16,7 @@ from ..dsn import DatabaseURL, parse_database_url
 from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENCODER, EventEnvelope, Snapshot
 from ..errors import ConfigurationError, EventStoreError
 from .connections import Connections
-from .errors import CONFLICT_SQLSTATE, ErrorMap, conflict_entity
+from .errors import CONFLICT_SQLSTATE, RACE_SQLSTATE, ErrorMap, conflict_entity
 from .fence import settle
 from .group_commit import CONFLICT, STORED, GroupCommit
 from .notifier import Notifier
@@ -174,14 +174,18 @@ class PostgresEventJournal(BaseEventJournal):
     async def _store_many(self, events: list[Checked], expected: list[int | None], checkpoint: Checkpoint | None) -> list[Stored]:
         batch = [event for event, _ in events]
         params = batch_params(batch, [payload for _, payload in events], expected)
-        try:
-            if checkpoint is None:
-                rows = await self.connections.append_call(_APPEND_BATCH_SQL, *params, many=True)
-            else:
-                rows = await self.connections.append_call(_APPEND_CHECKPOINTED_SQL, *params, *checkpoint, many=True)
-        except asyncpg.PostgresError as exc:
-            entity, version = _conflict_target(exc, batch, expected)
-            raise self.errors.append_error(exc, entity, version, checkpoint) from None
+        for attempt in range(1, BATCH_ATTEMPTS + 1):
+            try:
+                if checkpoint is None:
+                    rows = await self.connections.append_call(_APPEND_BATCH_SQL, *params, many=True)
+                else:
+                    rows = await self.connections.append_call(_APPEND_CHECKPOINTED_SQL, *params, *checkpoint, many=True)
+                break
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate == RACE_SQLSTATE and attempt < BATCH_ATTEMPTS:
+                    continue  # rolled back whole; sent again, the key committed meanwhile is a duplicate
+                entity, version = _conflict_target(exc, batch, expected)
+                raise self.errors.append_error(exc, entity, version, checkpoint) from None
         results: list[Stored] = []
         for event, row in zip(batch, rows, strict=True):
             where = None if row[0] is None else (row[0], row[1])
@@ -316,6 +320,9 @@ class PostgresEventJournal(BaseEventJournal):
         }
 
 
+#: A batch is sent again when another writer commits one of its keys during the statement (ES412,
+#: migration 0012): rare, and the next attempt sees that key stored, so a few attempts settle it.
+BATCH_ATTEMPTS = 3
 EXACT_COUNT_BOUND = 100_000  # rows: below this, initialize() counts them (milliseconds); above, it estimates
 
 
