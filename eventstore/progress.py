@@ -1,4 +1,4 @@
-"""A terminal progress bar for the CLI's long commands (import, export, verify)."""
+"""The progress bar of the CLI's long commands (import, export, verify), drawn by tqdm."""
 
 from __future__ import annotations
 
@@ -6,44 +6,49 @@ import sys
 import time
 from typing import TextIO
 
+from tqdm import tqdm
+
+#: ``import [#####-----]  42%  12,345 events  2,961 events/s  ETA 00:07``
+BAR_FORMAT = "{desc} [{bar:30}] {percentage:3.0f}%  {events}  ETA {remaining}"
+
+
+class _Bar(tqdm):  # type: ignore[type-arg]
+    """tqdm counting ``done`` (bytes or rows), showing the events counted beside it."""
+
+    events = ""
+
+    @property
+    def format_dict(self) -> dict[str, object]:
+        return {**super().format_dict, "events": self.events}
+
 
 class ProgressBar:
-    """``[#####-----]  42%  12,345 events/s  ETA 0:00:07`` redrawn in place on a TTY, at most
-    ten times a second; does nothing when the stream is not a terminal."""
+    """A bar redrawn in place on a terminal, at most ten times a second; nothing at all when the
+    stream is not a terminal (a pipe, a file, CI logs)."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, *, unit: str = "events") -> None:
+    def __init__(self, label: str, stream: TextIO | None = None, *, unit: str = "events", interval: float = 0.1) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = self.stream.isatty()
-        self.label = label
         self.unit = unit
         self.count = 0
         self.started = time.monotonic()
-        self._drawn = 0.0
+        self._bar = _Bar(
+            desc=label, total=0, file=self.stream, disable=not self.enabled, bar_format=BAR_FORMAT,
+            ascii=" #", mininterval=interval, leave=True,
+            ncols=200, nrows=50,  # a terminal that reports no size (0 x 0: a fresh pty) still gets the bar
+        )
 
     def update(self, done: int, total: int, count: int | None = None) -> None:
         """``done``/``total`` drive the bar and ETA (bytes of a file, or rows); ``count`` is the
         number of events so far, for the rate (default: ``done``)."""
         self.count = done if count is None else count
-        now = time.monotonic()
-        if not self.enabled or (now - self._drawn < 0.1 and done < total):
+        if not self.enabled:
             return
-        self._drawn = now
-        self.stream.write("\r" + render(self.label, done, total, self.count, now - self.started, self.unit))
-        self.stream.flush()
+        elapsed = time.monotonic() - self.started
+        rate = self.count / elapsed if elapsed > 0 else 0.0
+        self._bar.total = max(total, done, 1)
+        self._bar.events = f"{self.count:,} {self.unit}  {rate:,.0f} {self.unit}/s"
+        self._bar.update(done - self._bar.n)
 
     def finish(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def render(label: str, done: int, total: int, count: int, elapsed: float, unit: str = "events", width: int = 30) -> str:
-    fraction = min(1.0, done / total) if total > 0 else 1.0
-    filled = int(fraction * width)
-    rate = count / elapsed if elapsed > 0 else 0.0
-    if 0 < fraction < 1 and elapsed > 0:
-        remaining = int(elapsed * (1 - fraction) / fraction)
-        eta = f"{remaining // 3600}:{remaining // 60 % 60:02d}:{remaining % 60:02d}"
-    else:
-        eta = "-:--:--" if fraction < 1 else "0:00:00"
-    return f"{label} [{'#' * filled}{'-' * (width - filled)}] {fraction:4.0%}  {count:,} {unit}  {rate:,.0f} {unit}/s  ETA {eta}"
+        self._bar.close()

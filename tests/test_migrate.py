@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import pytest
 from eventstore import EventEnvelope, FileEventJournal, PostgresEventJournal, migrate_file_to_postgres
 from eventstore.envelope import ENCODER
 from eventstore.postgres.file_import import MigrationConflictError, import_file
-from eventstore.progress import render
+from eventstore.progress import ProgressBar
 
 from .helpers import event
 
@@ -279,11 +280,23 @@ def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1 and "s3cret" not in done.stderr and "127.0.0.1:1" in done.stderr
 
 
-def test_progress_line() -> None:
-    line = render("import", 50, 100, 5000, 2.0)
-    assert "[###############---------------]" in line and "50%" in line
-    assert "2,500 events/s" in line and "ETA 0:00:02" in line
-    assert "ETA 0:00:00" in render("import", 100, 100, 10, 1.0)
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_draws_rate_and_eta_on_a_terminal_only() -> None:
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        bar = ProgressBar("import", stream, interval=0)
+        bar.started -= 2.0  # two seconds in
+        bar.update(50, 100, 5000)
+        bar.update(100, 100, 10000)
+        bar.finish()
+    drawn = terminal.getvalue()
+    assert "import [###############" in drawn and " 50%" in drawn and "100%" in drawn
+    assert "5,000 events" in drawn and "events/s" in drawn and "ETA" in drawn
+    assert pipe.getvalue() == ""
 
 
 async def test_key_stored_concurrently_is_skipped_not_an_error(tmp_path: Path, database_url: str) -> None:
