@@ -30,6 +30,7 @@ from .checks import (
 )
 from .envelope import DEFAULT_MAX_PAYLOAD_BYTES, Appended, EventEnvelope, Snapshot, validate_event
 from .errors import ConcurrencyError, ConfigurationError, InvalidEventError
+from .telemetry import traced_append, traced_read
 
 #: An event checked by ``validate_event``: the envelope (timestamp in UTC) and its payload's JSON.
 Checked = tuple[EventEnvelope, bytes]
@@ -121,6 +122,7 @@ class BaseEventJournal(abc.ABC):
         empty); it only moves forward, else :class:`CheckpointConflictError` and nothing is written."""
         return await self._append_batch(events, expected_versions, checkpoint, locate=True)
 
+    @traced_append(batch=False)
     async def _append_one(self, event: EventEnvelope, expected_version: int | None, *, locate: bool) -> Appended:
         event, payload_json = validate_event(event, self.max_payload_bytes)
         check_count("expected_version", expected_version, nullable=True)
@@ -150,6 +152,7 @@ class BaseEventJournal(abc.ABC):
             return _UNLOCATED
         return Appended(*(await self._locate([key]))[key], stored=False)
 
+    @traced_append(batch=True)
     async def _append_batch(
         self,
         events: Iterable[EventEnvelope],
@@ -201,7 +204,7 @@ class BaseEventJournal(abc.ABC):
         pages with ``after=<last position seen>`` never skips an event committed late."""
         check_count("after", after)
         self._check_open(writing=False)
-        return self._read_events(after, skip_corrupted)
+        return traced_read("read_events", self.backend, self._read_events(after, skip_corrupted))
 
     async def last_position(self) -> int:
         """The settled high-water mark (0 for an empty journal): every event at or below it is
@@ -233,7 +236,7 @@ class BaseEventJournal(abc.ABC):
         )
         if limit == 0 or (up_to_version is not None and up_to_version <= read.after_version):
             return _nothing()
-        return self._read_entity(read)
+        return traced_read("read_entity", self.backend, self._read_entity(read))
 
     def query_events(
         self,
@@ -256,13 +259,13 @@ class BaseEventJournal(abc.ABC):
             event_types=event_types, correlation_id=correlation_id, since=since, until=until,
             payload_contains=payload_contains, after=after, limit=limit,
         )
-        return _nothing() if limit == 0 else self._query_events(query)
+        return _nothing() if limit == 0 else traced_read("query_events", self.backend, self._query_events(query))
 
     def subscribe(self, *, after: int = 0) -> AsyncIterator[EventEnvelope]:
         """Every event after ``after``, then each new one as it is stored; never skips or repeats."""
         check_count("after", after)
         self._check_open(writing=False)
-        return self._subscribe(after)
+        return traced_read("subscribe", self.backend, self._subscribe(after))
 
     # -- snapshots and metrics ---------------------------------------------------------------
 

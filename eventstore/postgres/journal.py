@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +16,7 @@ from ..base import BaseEventJournal, Checked, Checkpoint, EntityRead, EventQuery
 from ..dsn import DatabaseURL, parse_database_url
 from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENCODER, EventEnvelope, Snapshot
 from ..errors import ConfigurationError, EventStoreError
+from ..telemetry import record_fence_wait
 from .connections import Connections
 from .errors import CONFLICT_SQLSTATE, RACE_SQLSTATE, ErrorMap, conflict_entity
 from .fence import settle
@@ -205,6 +207,7 @@ class PostgresEventJournal(BaseEventJournal):
         """The settled high-water mark, taken once per position-order read (postgres/fence.py).
         Transactions in flight are waited for up to ``statement_timeout``, as a statement would be."""
         timeout = self.connections.statement_timeout
+        started = time.perf_counter()
         async with self.connections.acquire() as conn:
             high_water = await settle(conn, self._settled, timeout)
             if high_water is not None and high_water < self._settled:
@@ -212,6 +215,7 @@ class PostgresEventJournal(BaseEventJournal):
                 # remembered is no longer settled anywhere. Take the fence from scratch.
                 self._settled = 0
                 high_water = await settle(conn, 0, timeout)
+        record_fence_wait(time.perf_counter() - started)
         if high_water is None:
             raise self.errors.fence_timeout(timeout, self._settled)
         self._settled = max(self._settled, high_water)
