@@ -23,6 +23,7 @@ FIGURES = {
     "load": ("Load: concurrent writers and subscribers", "bench/load.py"),
     "eventsourcing": ("The eventsourcing library's recorders, and the blocking interface's hop",
                       "bench/bench_eventsourcing.py"),
+    "telemetry": ("OpenTelemetry's cost per append", "bench/bench_telemetry.py"),
 }
 MACHINE_KEYS = ("cores", "cpu", "platform", "python", "asyncpg", "msgspec", "postgres", "pg_synchronous_commit",
                 "pg_wal_sync_method", "pg_fsync", "pg_shared_buffers", "pg_wal_buffers", "pg_commit_delay",

@@ -30,6 +30,7 @@ FULL = {
     "bench_schema.py": ["--rows", "1000000"],
     "bench_schema_versions.py": ["--events", "3000"],
     "bench_eventsourcing.py": ["--samples", "1000", "--jobs", "200", "--singles", "3000"],
+    "bench_telemetry.py": ["--events", "2000", "--rounds", "3"],
 }
 QUICK = {
     "bench_append_latency.py": ["--events", "300"],
@@ -44,6 +45,7 @@ QUICK = {
     "bench_schema.py": ["--quick"],
     "bench_schema_versions.py": ["--events", "200"],
     "bench_eventsourcing.py": ["--samples", "100", "--jobs", "20", "--singles", "200"],
+    "bench_telemetry.py": ["--events", "100", "--rounds", "1"],
 }
 
 

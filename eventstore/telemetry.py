@@ -9,7 +9,8 @@ first event asked for to the end of the read; ``eventstore.events`` read). Metri
 ``eventstore.append.events`` / ``eventstore.append.duplicates`` / ``eventstore.append.conflicts``
 (counters) and ``eventstore.fence.wait`` (histogram, seconds: how long a PostgreSQL read waited
 for the settled high-water mark). They go wherever the application's OpenTelemetry SDK sends
-them; without an SDK the API's no-op providers drop them.
+them. With the API but no SDK installed nothing is recorded, and the work to feed the API's
+no-op providers is skipped (one check per call).
 
 Without the package, :func:`traced_append` leaves the method it decorates unchanged, and
 :data:`TELEMETRY` is ``None``: no wrapper, no call, nothing to pay. ``get_metrics()`` is the
@@ -42,6 +43,8 @@ class Telemetry:
 
     def use(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
         """Send to these providers instead of the global ones (``None``: the global ones)."""
+        self._explicit = tracer_provider is not None or meter_provider is not None
+        self._sdk_seen = False
         self.tracer = trace.get_tracer(NAME, tracer_provider=tracer_provider)
         meter = metrics.get_meter(NAME, meter_provider=meter_provider)
         self.append_duration = meter.create_histogram(
@@ -54,8 +57,22 @@ class Telemetry:
         self.fence_wait = meter.create_histogram(
             "eventstore.fence.wait", unit="s", description="Time a read waited for the settled high-water mark")
 
+    def recording(self) -> bool:
+        """Whether an SDK (or an explicit provider) receives anything: until the application
+        installs one, the API's providers drop everything, and the work to feed them is skipped."""
+        if self._explicit or self._sdk_seen:
+            return True
+        tracer_provider, meter_provider = trace.get_tracer_provider(), metrics.get_meter_provider()
+        self._sdk_seen = not (
+            isinstance(tracer_provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+            and (isinstance(meter_provider, metrics.NoOpMeterProvider) or type(meter_provider).__name__ == "_ProxyMeterProvider")
+        )
+        return self._sdk_seen  # once installed, a global provider stays
+
     async def append(self, backend: str, events: int, call: Awaitable[T]) -> T:
-        attributes = {"eventstore.backend": backend}
+        if not self.recording():
+            return await call
+        attributes = _attributes(backend)
         started = time.perf_counter()
         with self.tracer.start_as_current_span("eventstore.append", attributes={**attributes, "eventstore.events": events}) as span:
             try:
@@ -91,6 +108,11 @@ class Telemetry:
 TELEMETRY: Telemetry | None = Telemetry() if trace is not None else None
 
 
+@functools.cache
+def _attributes(backend: str) -> dict[str, str]:
+    return {"eventstore.backend": backend}
+
+
 def traced_append(*, batch: bool) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     """Put an append primitive of the base class (first argument: the event, or with ``batch``
     the events) in an ``eventstore.append`` span with its metrics; leave it as it is without
@@ -114,12 +136,13 @@ def traced_append(*, batch: bool) -> Callable[[Callable[..., Awaitable[T]]], Cal
 
 
 def traced_read(name: str, backend: str, events: AsyncIterator[T]) -> AsyncIterator[T]:
-    """``events`` read inside an ``eventstore.<name>`` span; ``events`` itself without OpenTelemetry."""
-    if TELEMETRY is None:
+    """``events`` read inside an ``eventstore.<name>`` span; ``events`` itself without OpenTelemetry,
+    or while no SDK is installed."""
+    if TELEMETRY is None or not TELEMETRY.recording():
         return events
     return TELEMETRY.read(name, backend, events)
 
 
 def record_fence_wait(seconds: float) -> None:
-    if TELEMETRY is not None:
+    if TELEMETRY is not None and TELEMETRY.recording():
         TELEMETRY.fence_wait.record(seconds)

@@ -96,3 +96,14 @@ def test_without_the_package_nothing_is_wrapped() -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert with_package.stdout.strip() == "True"  # the probe above would pass vacuously otherwise
+
+
+async def test_with_the_api_but_no_sdk_reads_are_not_wrapped(tmp_path) -> None:
+    from eventstore import FileEventJournal
+
+    assert telemetry.TELEMETRY is not None and not telemetry.TELEMETRY.recording()  # no SDK installed here
+    async with FileEventJournal(tmp_path / "j.jsonl") as journal:
+        await journal.append_event(event())
+        reader = journal.read_events()
+        assert reader.__qualname__ != "Telemetry.read"  # the backend's own generator, nothing in between
+        assert len([e async for e in reader]) == 1
