@@ -229,3 +229,16 @@ def test_a_subscription_stopped_from_another_thread_ends_its_wait(make_factory: 
         consumer.join(10)
         assert not consumer.is_alive()
     assert [(n.id, n.topic) for n in received] == [(2, "b")]
+
+
+def test_text_originator_ids_read_back_as_text(make_factory: MakeFactory) -> None:
+    recorder = make_factory(ORIGINATOR_ID_TYPE="text").application_recorder()
+    recorder.insert_events([StoredEvent("account-7", 1, "t", b"s")])
+    assert recorder.select_events("account-7") == [StoredEvent("account-7", 1, "t", b"s")]
+    assert [n.originator_id for n in recorder.select_notifications(None, 10)] == ["account-7"]
+
+
+def test_a_reader_expecting_uuids_is_told_why_an_id_is_not_one(make_pg_factory: MakeFactory) -> None:
+    make_pg_factory(ORIGINATOR_ID_TYPE="text").application_recorder().insert_events([StoredEvent("account-7", 1, "t", b"s")])
+    with pytest.raises(DataError, match="'account-7', which is not a UUID.*ORIGINATOR_ID_TYPE=text"):
+        make_pg_factory().application_recorder().select_notifications(None, 10)

@@ -17,7 +17,6 @@ import base64
 import binascii
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 from eventsourcing.persistence import (
@@ -78,19 +77,28 @@ class Decoder:
     def __init__(self, originator_id_type: str) -> None:
         if originator_id_type not in ("uuid", "text"):
             raise ProgrammingError(f"ORIGINATOR_ID_TYPE must be 'uuid' or 'text', got {originator_id_type!r}")
-        self._originator_id: Callable[[str], uuid.UUID | str] = uuid.UUID if originator_id_type == "uuid" else str
+        self._as_uuid = originator_id_type == "uuid"
 
-    def originator_id(self, entity_id: str) -> uuid.UUID | str:
-        return self._originator_id(entity_id)
+    def _originator_id(self, event: EventEnvelope) -> uuid.UUID | str:
+        entity_id = event.entity_id or ""
+        if not self._as_uuid:
+            return entity_id
+        try:
+            return uuid.UUID(entity_id)
+        except ValueError:
+            raise DataError(
+                f"the event at position {event.position} belongs to {entity_id!r}, which is not a UUID "
+                "(set ORIGINATOR_ID_TYPE=text for text originator ids)"
+            ) from None
 
     def stored_event(self, event: EventEnvelope) -> StoredEvent:
         version, state = _fields(event)
-        return StoredEvent(self._originator_id(event.entity_id or ""), version, event.event_type, state)
+        return StoredEvent(self._originator_id(event), version, event.event_type, state)
 
     def notification(self, event: EventEnvelope) -> Notification:
         version, state = _fields(event)
         return Notification(
-            originator_id=self._originator_id(event.entity_id or ""),
+            originator_id=self._originator_id(event),
             originator_version=version,
             topic=event.event_type,
             state=state,
@@ -126,8 +134,9 @@ def es_version(event: EventEnvelope) -> int:
 
 
 class Offsets:
-    """Per originator, its version minus its entity version: fixed for an entity's life (versions
-    have no gaps), so it is safe to remember across processes. Least recently used ones go first."""
+    """Per originator, its version minus its entity version: fixed for the entity's life (its
+    versions have no gaps), so what is remembered never goes stale, whoever writes meanwhile. The
+    least recently used go first."""
 
     def __init__(self, capacity: int = 100_000) -> None:
         self._capacity = capacity
