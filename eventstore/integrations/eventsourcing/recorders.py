@@ -116,9 +116,10 @@ class EventstoreProcessRecorder(EventstoreApplicationRecorder, EventstoreTrackin
 
 
 class EventstoreSnapshotRecorder(AggregateRecorder):
-    """Snapshots in the journal's snapshot store, which keeps the newest of each aggregate: a
-    snapshot at or below the stored one's version is refused (``IntegrityError``), and one asked
-    for below the newest is not found (the aggregate is then replayed from its first event)."""
+    """Snapshots in the journal's snapshot store, which keeps the newest of each aggregate. A
+    snapshot older than the stored one, or a different one at its version, is refused
+    (``IntegrityError``; the same one again is accepted); one asked for below the newest is not
+    found, and the aggregate is then replayed from its first event."""
 
     def __init__(self, store: JournalStore) -> None:
         self.store = store
