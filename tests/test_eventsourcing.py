@@ -11,8 +11,10 @@ from typing import Any
 import eventsourcing.tests.persistence as shipped
 import pytest
 from eventsourcing.persistence import InfrastructureFactory
+from eventsourcing.utils import Environment
 
 from eventstore.integrations.eventsourcing import (
+    EventstoreAggregateRecorder,
     EventstoreApplicationRecorder,
     EventstoreProcessRecorder,
     EventstoreTrackingRecorder,
@@ -76,6 +78,34 @@ class ProcessRecorderCase(OnJournal, shipped.ProcessRecorderTestCase):
         return self.factory().process_recorder()
 
 
+class FactoryCase(OnJournal, shipped.InfrastructureFactoryTestCase[Factory]):
+    def setUp(self) -> None:
+        self.env = Environment(env={"PERSISTENCE_MODULE": PERSISTENCE_MODULE, **self.journal_env})
+        super().setUp()
+
+    def expected_factory_class(self) -> type[Factory]:
+        return Factory
+
+    def expected_aggregate_recorder_class(self) -> type[EventstoreAggregateRecorder]:
+        return EventstoreAggregateRecorder
+
+    def expected_application_recorder_class(self) -> type[EventstoreApplicationRecorder]:
+        return EventstoreApplicationRecorder
+
+    def expected_tracking_recorder_class(self) -> type[EventstoreTrackingRecorder]:
+        return EventstoreTrackingRecorder
+
+    def tracking_recorder_subclass(self) -> type[EventstoreTrackingRecorder]:
+        return TrackingRecorderSubclass
+
+    def expected_process_recorder_class(self) -> type[EventstoreProcessRecorder]:
+        return EventstoreProcessRecorder
+
+
+class TrackingRecorderSubclass(EventstoreTrackingRecorder):
+    """What InfrastructureFactoryTestCase passes to ``tracking_recorder()`` by class and by topic."""
+
+
 class TestAggregateRecorderOnPostgres(AggregateRecorderCase):
     __test__ = True
     backend = "postgres"
@@ -115,3 +145,12 @@ class TestProcessRecorderOnFile(ProcessRecorderCase):
     __test__ = True
     backend = "file"
 
+
+class TestInfrastructureFactoryOnPostgres(FactoryCase):
+    __test__ = True
+    backend = "postgres"
+
+
+class TestInfrastructureFactoryOnFile(FactoryCase):
+    __test__ = True
+    backend = "file"
