@@ -10,7 +10,7 @@ first event asked for to the end of the read; ``eventstore.events`` read). Metri
 (counters) and ``eventstore.fence.wait`` (histogram, seconds: how long a PostgreSQL read waited
 for the settled high-water mark). They go wherever the application's OpenTelemetry SDK sends
 them. With the API but no SDK installed nothing is recorded, and the work to feed the API's
-no-op providers is skipped (one check per call).
+no-op providers is skipped (a clock read per call; the providers are looked at once a second).
 
 Without the package, :func:`traced_append` leaves the method it decorates unchanged, and
 :data:`TELEMETRY` is ``None``: no wrapper, no call, nothing to pay. ``get_metrics()`` is the
@@ -45,6 +45,7 @@ class Telemetry:
         """Send to these providers instead of the global ones (``None``: the global ones)."""
         self._explicit = tracer_provider is not None or meter_provider is not None
         self._sdk_seen = False
+        self._next_look = 0.0
         self.tracer = trace.get_tracer(NAME, tracer_provider=tracer_provider)
         meter = metrics.get_meter(NAME, meter_provider=meter_provider)
         self.append_duration = meter.create_histogram(
@@ -58,10 +59,15 @@ class Telemetry:
             "eventstore.fence.wait", unit="s", description="Time a read waited for the settled high-water mark")
 
     def recording(self) -> bool:
-        """Whether an SDK (or an explicit provider) receives anything: until the application
-        installs one, the API's providers drop everything, and the work to feed them is skipped."""
+        """Whether an SDK (or an explicit provider) receives anything. Until the application
+        installs one, the API's providers drop everything and the work to feed them is skipped;
+        they are looked at again at most once a second (an SDK installed later is used from then)."""
         if self._explicit or self._sdk_seen:
             return True
+        now = time.monotonic()
+        if now < self._next_look:
+            return False
+        self._next_look = now + 1.0
         tracer_provider, meter_provider = trace.get_tracer_provider(), metrics.get_meter_provider()
         self._sdk_seen = not (
             isinstance(tracer_provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
