@@ -16,7 +16,7 @@ import pytest
 from eventsourcing.application import Application
 from eventsourcing.cipher import AESCipher
 from eventsourcing.domain import Aggregate, event
-from eventsourcing.persistence import DataError, InfrastructureFactory, IntegrityError, StoredEvent
+from eventsourcing.persistence import DataError, InfrastructureFactory, IntegrityError, ProgrammingError, StoredEvent
 
 from eventstore import EventEnvelope
 from eventstore.integrations.eventsourcing import Factory
@@ -242,3 +242,20 @@ def test_a_reader_expecting_uuids_is_told_why_an_id_is_not_one(make_pg_factory: 
     make_pg_factory(ORIGINATOR_ID_TYPE="text").application_recorder().insert_events([StoredEvent("account-7", 1, "t", b"s")])
     with pytest.raises(DataError, match="'account-7', which is not a UUID.*ORIGINATOR_ID_TYPE=text"):
         make_pg_factory().application_recorder().select_notifications(None, 10)
+
+
+def test_settings_that_cannot_work_are_refused_clearly(empty_database_url: str) -> None:
+    base = {"PERSISTENCE_MODULE": "eventstore.integrations.eventsourcing", "DATABASE_URL": empty_database_url}
+    unmigrated = InfrastructureFactory.construct({**base, "CREATE_TABLE": "no"})
+    with pytest.raises(ProgrammingError, match="eventstore schema upgrade"):  # nothing created behind the DBA's back
+        unmigrated.application_recorder()
+    with pytest.raises(ProgrammingError, match="EVENT_JOURNAL_POOL_SIZE must be a whole number, got 'many'"):
+        InfrastructureFactory.construct({**base, "EVENT_JOURNAL_POOL_SIZE": "many"}).application_recorder()
+    with pytest.raises(ProgrammingError, match="eventstore schema upgrade"):  # the bad setting created nothing
+        InfrastructureFactory.construct({**base, "CREATE_TABLE": "no"}).application_recorder()
+    created = InfrastructureFactory.construct(base)  # CREATE_TABLE defaults to yes: the schema is made
+    try:
+        created.application_recorder().insert_events([StoredEvent(uuid.uuid4(), 1, "t", b"s")])
+        assert created.application_recorder().max_notification_id() == 1
+    finally:
+        created.close()

@@ -77,15 +77,15 @@ class Factory(InfrastructureFactory[EventstoreTrackingRecorder]):
                 if not url:
                     raise ProgrammingError("eventstore's PostgreSQL journal needs DATABASE_URL")
                 schema = env.get(self.EVENT_JOURNAL_SCHEMA) or (_schema_name(env.name) if env.name else None)
-                if strtobool(env.get(self.CREATE_TABLE) or "yes"):
-                    from ...postgres.schema import upgrade_schema  # asyncpg only when PostgreSQL is used
-
-                    upgrade_schema(url, schema)
-                options = {
+                options = {  # every setting checked before anything is created
                     "database_url": url, "schema": schema,
                     "pool_size": _count(env, self.EVENT_JOURNAL_POOL_SIZE, 5),
                     "max_overflow": _count(env, self.EVENT_JOURNAL_MAX_OVERFLOW, 10),
                 }
+                if strtobool(env.get(self.CREATE_TABLE) or "yes"):
+                    from ...postgres.schema import upgrade_schema  # asyncpg only when PostgreSQL is used
+
+                    upgrade_schema(url, schema)
             else:
                 options = {"path": env.get(self.EVENT_JOURNAL_PATH) or f"storage/events/{app}.jsonl"}
             sync = open_journal(backend, **options)
