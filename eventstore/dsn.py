@@ -19,14 +19,28 @@ class DatabaseURL:
     schema: str | None
 
     @property
+    def hosts(self) -> tuple[tuple[str, int], ...]:
+        """Every ``(host, port)`` of the URL, in order: a multi-host URL
+        (``postgresql://h1:5432,h2:5433/db?target_session_attrs=read-write``) names several,
+        and the driver connects to the first that answers as asked."""
+        query = dict(parse_qsl(self.parts.query))
+        default_port = query.get("port", "")
+        found = []
+        for item in self.parts.netloc.rpartition("@")[2].split(","):
+            host, port = _split_host(item)
+            # A Unix socket comes as ?host=/dir with an empty host part, as libpq and asyncpg read it.
+            host = host or query.get("host") or "localhost"
+            port = port or default_port
+            found.append((host, int(port) if port.isdigit() else 5432))
+        return tuple(found)
+
+    @property
     def host(self) -> str:
-        # A Unix socket comes as ?host=/dir with an empty host part, as libpq and asyncpg read it.
-        return self.parts.hostname or dict(parse_qsl(self.parts.query)).get("host") or "localhost"
+        return self.hosts[0][0]
 
     @property
     def port(self) -> int:
-        port = self.parts.port or dict(parse_qsl(self.parts.query)).get("port", "")
-        return int(port) if str(port).isdigit() else 5432
+        return self.hosts[0][1]
 
     @property
     def database(self) -> str:
@@ -38,8 +52,8 @@ class DatabaseURL:
 
     @property
     def where(self) -> str:
-        """``host:port/database`` for messages."""
-        return f"{self.host}:{self.port}/{self.database}"
+        """``host:port/database`` for messages (``h1:p1,h2:p2/database`` for several hosts)."""
+        return ",".join(f"{host}:{port}" for host, port in self.hosts) + f"/{self.database}"
 
     @property
     def connect_timeout(self) -> float | None:
@@ -117,9 +131,21 @@ def parse_database_url(url: str | None) -> DatabaseURL:
         )
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
+        for item in parts.netloc.rpartition("@")[2].split(","):
+            _, port = _split_host(item)
+            if port and not port.isdigit():
+                raise ValueError("port")
     except ValueError as exc:
         # The message of urllib's error can quote the URL: never echo it.
         raise ConfigurationError(f"malformed database URL: {type(exc).__name__} while parsing host/port") from None
     query = dict(parse_qsl(parts.query))
     return DatabaseURL(parts=parts, schema=query.get("schema"))
+
+
+def _split_host(item: str) -> tuple[str, str]:
+    """``host[:port]`` or ``[ipv6][:port]`` as (host, port text)."""
+    if item.startswith("["):
+        host, _, rest = item[1:].partition("]")
+        return host, rest.removeprefix(":")
+    host, _, port = item.partition(":")
+    return unquote(host), port

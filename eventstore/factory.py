@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from .base import BaseEventJournal
@@ -33,13 +34,21 @@ async def create_event_journal(
     database_url: str | None = None,
     pool_size: int = 10,
     max_overflow: int = 20,
+    replica_urls: Sequence[str] | str | None = None,
     **options: Any,
 ) -> BaseEventJournal:
     """An initialized journal. ``backend`` defaults to ``$EVENT_JOURNAL_BACKEND`` then ``"file"``
     (a ``database_url`` given without a ``backend`` means PostgreSQL); ``path`` to
     ``$EVENT_JOURNAL_PATH`` then ``storage/events/credits.jsonl``; ``database_url`` to
-    ``$DATABASE_URL``. ``options`` go to the journal (``max_payload_bytes``, ``schema``, ...)."""
-    journal = _journal(resolve_backend(backend, database_url), path, database_url, pool_size, max_overflow, options)
+    ``$DATABASE_URL``; ``replica_urls`` (PostgreSQL's hot standbys, for reads) to the
+    comma-separated ``$DATABASE_REPLICA_URLS``. ``options`` go to the journal
+    (``max_payload_bytes``, ``schema``, ``max_replica_lag``, ...)."""
+    name = resolve_backend(backend, database_url)
+    if name == "postgres":
+        options = {**options, "replica_urls": replica_urls}
+    elif replica_urls:
+        raise ConfigurationError("replica_urls are PostgreSQL standbys: they need the postgres backend")
+    journal = _journal(name, path, database_url, pool_size, max_overflow, options)
     await journal.initialize()
     return journal
 

@@ -4,8 +4,10 @@ and journals of both backends over the same contract."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,61 @@ def empty_database_url(postgresql_empty: Any) -> str:
     return url_for(info.host, info.port, info.user, info.dbname, info.password)
 
 
+@pytest.fixture(scope="session")
+def standby_pair() -> Iterator[tuple[Any, Any]]:
+    """A throwaway primary with a streaming hot standby (tests/faults/pgcluster.py), and a
+    template database holding the schema on it."""
+    from .faults.pgcluster import ThrowawayCluster
+
+    with ThrowawayCluster() as primary:
+        standby = primary.standby()
+        try:
+            primary.sql("CREATE DATABASE replica_template")
+            upgrade_schema(primary.url(dbname="replica_template"))
+            # A template must have no sessions: the migration's may linger until collected.
+            primary.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'replica_template'")
+            yield primary, standby
+        finally:
+            standby.cleanup()
+
+
+_replicated_numbers = itertools.count(1)
+
+
+def wait_replayed(primary: Any, standby: Any, bound: float = 30.0) -> None:
+    """Until the standby has replayed everything the primary has written so far."""
+    wal = primary.sql("SELECT pg_current_wal_insert_lsn()")
+    deadline = time.monotonic() + bound
+    while standby.sql(f"SELECT pg_last_wal_replay_lsn() >= '{wal}'::pg_lsn") != "t":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the standby did not replay up to {wal} within {bound} s")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def replicated_urls(standby_pair: tuple[Any, Any]) -> tuple[str, str]:
+    """(primary URL, standby URL) of a fresh database with the schema, already on the standby."""
+    primary, standby = standby_pair
+    name = f"replica_{next(_replicated_numbers)}"
+    primary.sql(f"CREATE DATABASE {name} TEMPLATE replica_template")
+    wait_replayed(primary, standby)
+    return primary.url(dbname=name), standby.url(dbname=name)
+
+
+@pytest.fixture
+def delayed_standby(standby_pair: tuple[Any, Any]) -> Iterator[Callable[[int], None]]:
+    """``delay(ms)`` holds the standby's commits back by that much (``recovery_min_apply_delay``):
+    a standby that shows recent events late. Reset at teardown."""
+    primary, standby = standby_pair
+
+    def delay(ms: int) -> None:
+        standby.sql(f"ALTER SYSTEM SET recovery_min_apply_delay = '{ms}ms'", "SELECT pg_reload_conf()")
+
+    yield delay
+    delay(0)
+    wait_replayed(primary, standby)
+
+
 OpenJournal = Callable[..., Awaitable[BaseEventJournal]]
 
 
@@ -83,23 +140,28 @@ async def open_journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         await journal.close()
 
 
-@pytest.fixture(params=["file", "postgres", "file via eventstore.sync", "postgres via eventstore.sync"])
+@pytest.fixture(params=["file", "postgres", "file via eventstore.sync", "postgres via eventstore.sync", "postgres via a standby"])
 async def contract_journal(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenJournal]:
-    """``open_journal`` for the contract suite: each backend directly, and through the blocking
-    interface (``tests/sync_adapter.py``)."""
+    """``open_journal`` for the contract suite: each backend directly, through the blocking
+    interface (``tests/sync_adapter.py``), and PostgreSQL with its reads on a streaming standby."""
     from eventstore import sync
 
     from .sync_adapter import AsyncOverSync
 
     backend, through_sync = request.param.split(" ")[0], request.param.endswith("sync")
-    url = request.getfixturevalue("database_url") if backend == "postgres" else None
+    replicas: list[str] = []
+    if request.param.endswith("standby"):
+        url, standby_url = request.getfixturevalue("replicated_urls")
+        replicas = [standby_url]
+    else:
+        url = request.getfixturevalue("database_url") if backend == "postgres" else None
     path = tmp_path / "events" / "credits.jsonl"
     opened: list[Any] = []
 
     async def make(**options: Any) -> Any:
         if backend == "postgres":
             options.setdefault("pool_size", 4)
-            where: dict[str, Any] = {"database_url": url}
+            where: dict[str, Any] = {"database_url": url, "replica_urls": replicas}
         else:
             options.pop("pool_size", None)
             where = {"path": path}
@@ -114,6 +176,10 @@ async def contract_journal(request: pytest.FixtureRequest, tmp_path: Path) -> As
 
     yield make
     for journal in opened:
+        if replicas:
+            # Every read's pages came from the standby: none fell back to the primary.
+            metrics = journal.get_metrics()
+            assert metrics["replica_fallback_pages"] == 0, metrics
         await journal.close()
 
 

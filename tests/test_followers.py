@@ -209,10 +209,10 @@ def poller_problems(poller: Poller, stored: list[tuple[int, str, str]], final: i
     return {k: v for k, v in problems.items() if v}
 
 
-async def torture(request: pytest.FixtureRequest, open_journal, load: Load) -> None:
+async def torture(request: pytest.FixtureRequest, open_journal, load: Load, primary_url: str | None = None) -> None:
     probe = await open_journal()
     postgres = probe.backend == "postgres"
-    raw = await asyncpg.connect(request.getfixturevalue("database_url")) if postgres else None
+    raw = await asyncpg.connect(primary_url or request.getfixturevalue("database_url")) if postgres else None
     try:
         if postgres:
             await probe.close()  # each round opens its own pools
@@ -285,3 +285,30 @@ async def test_followers_miss_nothing_while_eight_writers_commit(request, open_j
 @pytest.mark.long
 async def test_followers_miss_nothing_soak(request, open_journal):
     await torture(request, open_journal, SOAK)
+
+
+async def test_followers_reading_from_a_standby_miss_nothing(request, replicated_urls, delayed_standby):
+    """The same torture with every follower's pages served by a streaming standby while the
+    writers commit on the primary (the fence is the primary's, the standby waits for its WAL).
+    The standby applies each commit 20 ms late: a reader that did not wait for it would miss
+    events committed out of position order."""
+    from eventstore import PostgresEventJournal
+
+    primary_url, standby_url = replicated_urls
+    delayed_standby(20)
+    opened: list[PostgresEventJournal] = []
+
+    async def open_journal(**options: Any) -> PostgresEventJournal:
+        journal = PostgresEventJournal(primary_url, replica_urls=[standby_url], **{"pool_size": 4, **options})
+        await journal.initialize()
+        opened.append(journal)
+        return journal
+
+    try:
+        await torture(request, open_journal, DEFAULT, primary_url)
+    finally:
+        for journal in opened:
+            await journal.close()
+    metrics = [journal.get_metrics() for journal in opened]
+    assert sum(m["replicas"][0]["pages"] for m in metrics) > 100, metrics
+    assert sum(m["replica_fallback_pages"] for m in metrics) == 0, metrics

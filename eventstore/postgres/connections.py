@@ -62,6 +62,14 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+async def open_pool(options: dict[str, Any], *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """A pool of connections opened with ``options``, each with the journal's codec."""
+    return await asyncpg.create_pool(
+        min_size=min_size, max_size=max_size, max_inactive_connection_lifetime=60.0,
+        init=init_connection, reset=_reset_connection, **options,
+    )
+
+
 def is_open(conn: asyncpg.Connection) -> bool:
     try:
         return not conn.is_closed()
@@ -105,11 +113,12 @@ class Connections:
     def url(self) -> DatabaseURL:
         return self.errors.url
 
-    def options(self, application_name: str, *, lock_timeout: bool = True) -> dict[str, Any]:
+    def options(self, application_name: str, *, lock_timeout: bool = True, url: DatabaseURL | None = None) -> dict[str, Any]:
         """``lock_timeout=False``: the connection waits for locks up to the statement timeout (a
-        subscription waits out a migration's lock, as it waits out the fence)."""
+        subscription waits out a migration's lock, as it waits out the fence). ``url``: a
+        replica's, opened with the same settings."""
         return connect_options(
-            self.errors.url, self.errors.schema, application_name=application_name,
+            url or self.errors.url, self.errors.schema, application_name=application_name,
             connect_timeout=self.connect_timeout, statement_timeout=self.statement_timeout,
             # A hot entity's appenders queue on its lock: past this they fail, saying so.
             lock_timeout=str(int(self.lock_timeout * 1000)) if lock_timeout else "0",
@@ -117,10 +126,7 @@ class Connections:
 
     async def open(self) -> asyncpg.Pool:
         try:
-            return await asyncpg.create_pool(
-                min_size=self.pool_size, max_size=self.max_size, max_inactive_connection_lifetime=60.0,
-                init=init_connection, reset=_reset_connection, **self.options("eventstore"),
-            )
+            return await open_pool(self.options("eventstore"), min_size=self.pool_size, max_size=self.max_size)
         except Exception as exc:
             raise (self.errors.translate(exc, "connect", "a role with LOGIN") or exc) from None
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import os
+import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -19,15 +22,17 @@ from ..errors import ConfigurationError, EventStoreError
 from ..telemetry import record_fence_wait
 from .connections import Connections
 from .errors import CONFLICT_SQLSTATE, RACE_SQLSTATE, ErrorMap, conflict_entity
-from .fence import settle
+from .fence import take_fence
 from .group_commit import CONFLICT, STORED, GroupCommit
 from .notifier import Notifier
 from .queries import QUERIES
+from .replicas import Replicas
 from .rows import ENTITY_VERSION, POSITION, batch_params, event_params, row_to_event
 from .schema import check_schema_name, require_current_schema
 from .subscribe import follow
 
 _APPEND_BATCH_SQL: str = QUERIES.append_events.sql
+_LOAD_SNAPSHOT_SQL: str = QUERIES.load_snapshot.sql
 _APPEND_CHECKPOINTED_SQL: str = QUERIES.append_checkpointed.sql
 _READ_PAGE_SQL: str = QUERIES.read_events_page.sql
 # (ranged by time, backwards) -> the entity page query
@@ -52,7 +57,18 @@ class PostgresEventJournal(BaseEventJournal):
     Single appends are group-committed: at most ``append_connections`` append round trips are
     out at once (bounded by ``pool_size``), and the calls that arrive meanwhile go together in
     the next one, one transaction with an outcome per event (``postgres/group_commit.py``). A
-    lone caller goes at once; ``append_events``/``append_many`` batches go on their own."""
+    lone caller goes at once; ``append_events``/``append_many`` batches go on their own.
+
+    ``replica_urls`` (default: the comma-separated ``$DATABASE_REPLICA_URLS``) are streaming hot
+    standbys of this primary: reads (``read_events``, ``read_entity``, ``query_events``,
+    ``subscribe``, ``load_snapshot``) are served by one that has replayed the primary's WAL as
+    far as the read needs, so nothing is skipped or repeated and a read sees every append that
+    returned before it began; appends, checkpoints and snapshot writes go to the primary, and
+    so does the fence every position-order read takes. A standby still behind after
+    ``max_replica_lag`` seconds, or unreachable, is passed over for the next one, then the
+    primary (``postgres/replicas.py``). A multi-host ``database_url``
+    (``postgresql://h1:5432,h2:5432/db?target_session_attrs=read-write``) follows the primary
+    after a failover."""
 
     backend = "postgres"
 
@@ -70,6 +86,8 @@ class PostgresEventJournal(BaseEventJournal):
         statement_timeout: float = 30.0,
         lock_timeout: float = 5.0,
         append_connections: int = 2,
+        replica_urls: Sequence[str] | str | None = None,
+        max_replica_lag: float = 1.0,
     ) -> None:
         super().__init__(max_payload_bytes=max_payload_bytes)
         self.url: DatabaseURL = parse_database_url(database_url)
@@ -79,6 +97,9 @@ class PostgresEventJournal(BaseEventJournal):
             raise ConfigurationError(f"append_connections must be >= 1 (got {append_connections!r})")
         if not lock_timeout > 0:
             raise ConfigurationError(f"lock_timeout must be > 0 seconds (got {lock_timeout!r})")
+        if not max_replica_lag >= 0:
+            raise ConfigurationError(f"max_replica_lag must be >= 0 seconds (got {max_replica_lag!r})")
+        replicas = [parse_database_url(url) for url in split_replica_urls(replica_urls)]
         self.schema = check_schema_name(schema or self.url.schema or "public")
         self.page_size = page_size
         self.errors = ErrorMap(self.url, self.schema)
@@ -98,6 +119,7 @@ class PostgresEventJournal(BaseEventJournal):
         self._init_lock = asyncio.Lock()
         self._notifier = Notifier(self.connections)
         self._group = GroupCommit(self.connections, min(append_connections, self.connections.lane_cap))
+        self._replicas = Replicas(replicas, self.connections, max_lag=max_replica_lag) if replicas else None
 
     def __repr__(self) -> str:
         return f"PostgresEventJournal({self.url}, schema={self.schema!r})"
@@ -113,6 +135,7 @@ class PostgresEventJournal(BaseEventJournal):
                 async with pool.acquire() as conn:
                     await require_current_schema(conn, self.errors)
                     self._total_events, self._total_exact = await _count_events(conn)
+                    system_id = await conn.fetchval(QUERIES.cluster_identity.sql) if self._replicas else None
             except Exception as exc:
                 await pool.close()
                 raise (self.errors.translate(exc, "read the eventstore schema", "eventstore_reader") or exc) from None
@@ -120,11 +143,15 @@ class PostgresEventJournal(BaseEventJournal):
                 await pool.close()
                 raise
             self.connections.pool = pool
+            if self._replicas is not None:
+                await self._replicas.open(system_id)
 
     async def close(self) -> None:
         if self.connections.pool is None:
             return
         await self._notifier.close()
+        if self._replicas is not None:
+            await self._replicas.close()
         await self.connections.close()
 
     # -- appends ---------------------------------------------------------------------------
@@ -203,34 +230,47 @@ class PostgresEventJournal(BaseEventJournal):
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def _high_water(self) -> int:
-        """The settled high-water mark, taken once per position-order read (postgres/fence.py).
-        Transactions in flight are waited for up to ``statement_timeout``, as a statement would be."""
+    async def _high_water(self) -> tuple[int, int]:
+        """The settled high-water mark, taken on the primary once per position-order read
+        (postgres/fence.py), and with replicas the primary's WAL position once it settled (0
+        without). Transactions in flight are waited for up to ``statement_timeout``, as a
+        statement would be."""
         timeout = self.connections.statement_timeout
+        with_wal = self._replicas is not None
         started = time.perf_counter()
         async with self.connections.acquire() as conn:
-            high_water = await settle(conn, self._settled, timeout)
-            if high_water is not None and high_water < self._settled:
+            fence = await take_fence(conn, self._settled, timeout, with_wal=with_wal)
+            if fence is not None and fence[0] < self._settled:
                 # The sequence went back (a restore, a failover to a lagging standby): the mark
                 # remembered is no longer settled anywhere. Take the fence from scratch.
                 self._settled = 0
-                high_water = await settle(conn, 0, timeout)
+                fence = await take_fence(conn, 0, timeout, with_wal=with_wal)
         record_fence_wait(time.perf_counter() - started)
-        if high_water is None:
+        if fence is None:
             raise self.errors.fence_timeout(timeout, self._settled)
-        self._settled = max(self._settled, high_water)
-        return high_water
+        self._settled = max(self._settled, fence[0])
+        return fence
+
+    def _pages(self, wal: int, *, planned: bool = False) -> Callable[..., Awaitable[list[asyncpg.Record]]]:
+        """Where a read's pages come from: the primary's pool, or a standby that has replayed ``wal``."""
+        if self._replicas is None:
+            return self.connections.fetch_planned if planned else self.connections.fetch
+        return functools.partial(self._replicas.fetch, wal, planned=planned)
+
+    async def _pages_now(self) -> Callable[..., Awaitable[list[asyncpg.Record]]]:
+        """``_pages`` for a read that takes no fence: what the primary holds when it begins."""
+        return self._pages(0 if self._replicas is None else await self._replicas.wal_position())
 
     async def _last_position(self) -> int:
-        return await self._high_water()
+        return (await self._high_water())[0]
 
     async def _read_events(self, after: int, skip_corrupted: bool) -> AsyncIterator[EventEnvelope]:
         # Rows are checked by the database's constraints on the way in, so there is nothing to skip;
         # skip_corrupted is accepted for parity with the file journal.
-        high_water = await self._high_water()
+        high_water, wal = await self._high_water()
         if high_water <= after:
             return
-        fetch, page_size = self.connections.fetch, self.page_size
+        fetch, page_size = self._pages(wal), self.page_size
         # Read-ahead of one page: the server fetches page N+1 while this process decodes page N.
         pending: asyncio.Task[list[asyncpg.Record]] | None = asyncio.ensure_future(fetch(_READ_PAGE_SQL, after, high_water, page_size))
         try:
@@ -255,9 +295,10 @@ class PostgresEventJournal(BaseEventJournal):
         if low >= _MAX_VERSION:
             return  # no version is above it (entity_version is an INTEGER)
         remaining = read.limit
+        fetch = await self._pages_now()
         while remaining is None or remaining > 0:
             page_size = self.page_size if remaining is None else min(self.page_size, remaining)
-            rows = await self.connections.fetch(sql, *head, low, high, page_size)
+            rows = await fetch(sql, *head, low, high, page_size)
             for row in rows:
                 yield row_to_event(row)
             if len(rows) < page_size:
@@ -270,9 +311,9 @@ class PostgresEventJournal(BaseEventJournal):
                 remaining -= len(rows)
 
     async def _query_events(self, query: EventQuery) -> AsyncIterator[EventEnvelope]:
-        high_water = await self._high_water()
+        high_water, wal = await self._high_water()
         sql, head, tail = _query_plan(query)
-        fetch = self.connections.fetch if sql is _READ_PAGE_SQL else self.connections.fetch_planned
+        fetch = self._pages(wal, planned=sql is not _READ_PAGE_SQL)
         position, remaining = query.after, query.limit
         while position < high_water and (remaining is None or remaining > 0):
             page_size = self.page_size if remaining is None else min(self.page_size, remaining)
@@ -286,7 +327,7 @@ class PostgresEventJournal(BaseEventJournal):
                 remaining -= len(rows)
 
     def _subscribe(self, after: int) -> AsyncIterator[EventEnvelope]:
-        return follow(self.connections, after, self.page_size)
+        return follow(self.connections, after, self.page_size, self._replicas)
 
     async def _load_checkpoint(self, name: str) -> int | None:
         async with self.connections.acquire() as conn:
@@ -297,10 +338,10 @@ class PostgresEventJournal(BaseEventJournal):
             await QUERIES.save_snapshot(conn, name=name, position=position, state=state_json)
 
     async def _load_snapshot(self, name: str) -> Snapshot | None:
-        async with self.connections.acquire() as conn:
-            row = await QUERIES.load_snapshot(conn, name=name)
-        if row is None:
+        rows = await (await self._pages_now())(_LOAD_SNAPSHOT_SQL, name)
+        if not rows:
             return None
+        row = rows[0]
         return Snapshot(name=row["name"], position=row["position"], state=row["state"], created_at=row["created_at"])
 
     def _metrics(self) -> dict[str, Any]:
@@ -321,7 +362,18 @@ class PostgresEventJournal(BaseEventJournal):
             "append_grouped_events": self._group.grouped,
             "database": self.url.where,
             "schema": self.schema,
+            **(self._replicas.metrics() if self._replicas is not None else {}),
         }
+
+
+def split_replica_urls(urls: Sequence[str] | str | None) -> list[str]:
+    """``replica_urls`` as a list: a string (or ``$DATABASE_REPLICA_URLS`` when None) is split at
+    the commas that begin another URL, so a multi-host replica URL stays whole."""
+    if urls is None:
+        urls = os.environ.get("DATABASE_REPLICA_URLS", "")
+    if isinstance(urls, str):
+        urls = re.split(r",\s*(?=[a-z+]+://)", urls.strip())
+    return [url.strip() for url in urls if url and url.strip()]
 
 
 #: A batch is sent again when another writer commits one of its keys during the statement (ES412,

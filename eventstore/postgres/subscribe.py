@@ -1,11 +1,14 @@
 """PostgreSQL subscriptions: catch up from a position, then follow new events, never skipping or
 repeating one. Each step takes the fence of docs/ordering.md on a dedicated connection that
-LISTENs for the journal's wake-ups (a pooled one would keep the LISTEN after release)."""
+LISTENs for the journal's wake-ups (a pooled one would keep the LISTEN after release). With
+replicas, the fence and the LISTEN stay on the primary (a standby has neither) and the pages
+come from a standby that has replayed as far as the primary's WAL reached by then."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import cast
@@ -16,9 +19,10 @@ from ..envelope import EventEnvelope
 from ..errors import DatabaseUnavailableError
 from .connections import Connections, connect, terminate
 from .errors import UNAVAILABLE
-from .fence import settle
+from .fence import take_fence
 from .notifier import channel
 from .queries import QUERIES
+from .replicas import Replicas
 from .rows import row_to_event
 
 log = logging.getLogger("eventstore.subscriptions")
@@ -29,7 +33,7 @@ RECONNECT_ATTEMPTS = 5
 _PAGE_SQL: str = QUERIES.read_events_page.sql
 
 
-async def follow(connections: Connections, after: int, page_size: int) -> AsyncIterator[EventEnvelope]:
+async def follow(connections: Connections, after: int, page_size: int, replicas: Replicas | None = None) -> AsyncIterator[EventEnvelope]:
     wake = asyncio.Event()
     cursor = after  # every position <= cursor has been delivered or never will exist
     conn: asyncpg.Connection | None = None
@@ -40,9 +44,10 @@ async def follow(connections: Connections, after: int, page_size: int) -> AsyncI
             wake.clear()
             try:
                 # No timeout: a live stream waits for transactions in flight (so never None).
-                high_water = cast(int, await settle(conn, cursor))
+                high_water, wal = cast(tuple[int, int], await take_fence(conn, cursor, with_wal=replicas is not None))
+                fetch = conn.fetch if replicas is None else functools.partial(replicas.fetch, wal)
                 while cursor < high_water:
-                    rows = await conn.fetch(_PAGE_SQL, cursor, high_water, page_size)
+                    rows = await fetch(_PAGE_SQL, cursor, high_water, page_size)
                     for row in rows:
                         cursor = row[0]
                         yield row_to_event(row)

@@ -37,7 +37,7 @@ def free_port() -> int:
 class ThrowawayCluster:
     """``with ThrowawayCluster() as pg: pg.url()``: a running server, removed on exit."""
 
-    def __init__(self, *, auth: str = "trust", superuser_password: str | None = None) -> None:
+    def __init__(self, *, auth: str = "trust", superuser_password: str | None = None, settings: str = "") -> None:
         self.bindir = _bindir()
         self.port = free_port()
         self.auth = auth
@@ -45,6 +45,7 @@ class ThrowawayCluster:
         self.root = Path(tempfile.mkdtemp(prefix="eventstore-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
+        self.settings = settings  # extra "-c name=value" server options
         self._as_postgres = os.geteuid() == 0
 
     def _run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -71,7 +72,8 @@ class ThrowawayCluster:
     def start(self) -> None:
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c full_page_writes=off -c shared_buffers=32MB -c max_connections=60"
+            "-c fsync=off -c full_page_writes=off -c shared_buffers=32MB -c max_connections=60 "
+            f"-c wal_sender_timeout=5s -c wal_receiver_status_interval=1s {self.settings}"
         )
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "-t", "60", "start")
 
@@ -81,6 +83,40 @@ class ThrowawayCluster:
     def restart(self, mode: str = "fast") -> None:
         self.stop(mode)
         self.start()
+
+    def standby(self, name: str = "standby1", *, synchronous: bool = False) -> ThrowawayCluster:
+        """A streaming hot standby of this cluster (``pg_basebackup -R``), started; removed by its
+        own ``cleanup()``. ``synchronous``: this cluster waits for it at every commit."""
+        replica = ThrowawayCluster(settings=self.settings)
+        if replica._as_postgres:
+            shutil.chown(replica.root, "postgres", "postgres")
+        try:
+            replica._run(
+                str(self.bindir / "pg_basebackup"), "-D", str(replica.data), "-h", "127.0.0.1", "-p", str(self.port),
+                "-U", "postgres", "-R", "-X", "stream", "-c", "fast", "-d", f"application_name={name}",
+            )
+            replica.start()
+        except BaseException:
+            replica.cleanup()
+            raise
+        if synchronous:
+            self.sql(f"ALTER SYSTEM SET synchronous_standby_names = '{name}'", "SELECT pg_reload_conf()")
+        return replica
+
+    def sql(self, *statements: str, dbname: str = "postgres") -> str:
+        """Run statements with psql as the superuser; their output, unaligned."""
+        args = [str(self.bindir / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", dbname]
+        for statement in statements:
+            args += ["-c", statement]
+        return self._run(*args, timeout=60).stdout.strip()
+
+    def promote(self) -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "promote")
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster (a crash): its backends die with it, nothing is flushed."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, 9)
 
     def url(self, user: str = "postgres", password: str | None = None, dbname: str = "postgres") -> str:
         auth = f"{user}:{password}" if password else user
