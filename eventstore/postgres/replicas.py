@@ -38,7 +38,7 @@ _REPLAYED_SQL: str = QUERIES.standby_replayed.sql
 _IDENTITY_SQL: str = QUERIES.cluster_identity.sql
 _PRIMARY_WAL_SQL: str = QUERIES.primary_wal_position.sql
 
-OK, BEHIND, DOWN, NOT_STANDBY, FOREIGN = "ok", "behind", "down", "not a standby", "another cluster"
+CONNECTING, OK, BEHIND, DOWN, NOT_STANDBY, FOREIGN = "connecting", "ok", "behind", "down", "not a standby", "another cluster"
 
 
 class Replica:
@@ -48,7 +48,7 @@ class Replica:
         self.url = url
         self.pool: asyncpg.Pool | None = None
         self.replayed = 0  # the WAL position it had replayed when last asked
-        self.state = DOWN
+        self.state = CONNECTING
         self.retry_at = 0.0
         self.pages = 0
 
