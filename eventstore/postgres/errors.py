@@ -40,6 +40,9 @@ UNAVAILABLE = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.QueryCanceledError,
+    # Connected to a standby: a multi-host URL without target_session_attrs=read-write, or a
+    # primary demoted under us. Nothing was written; the next call reconnects.
+    asyncpg.ReadOnlySQLTransactionError,
     # A server that terminated an idle connection can leave asyncpg's protocol out of step.
     asyncpg.InternalClientError,
 )

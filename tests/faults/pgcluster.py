@@ -37,9 +37,11 @@ def free_port() -> int:
 class ThrowawayCluster:
     """``with ThrowawayCluster() as pg: pg.url()``: a running server, removed on exit."""
 
-    def __init__(self, *, auth: str = "trust", superuser_password: str | None = None, settings: str = "") -> None:
+    def __init__(
+        self, *, auth: str = "trust", superuser_password: str | None = None, settings: str = "", port: int | None = None,
+    ) -> None:
         self.bindir = _bindir()
-        self.port = free_port()
+        self.port = port or free_port()
         self.auth = auth
         self.superuser_password = superuser_password
         self.root = Path(tempfile.mkdtemp(prefix="eventstore-pg-"))
@@ -84,10 +86,10 @@ class ThrowawayCluster:
         self.stop(mode)
         self.start()
 
-    def standby(self, name: str = "standby1", *, synchronous: bool = False) -> ThrowawayCluster:
+    def standby(self, name: str = "standby1", *, synchronous: bool = False, port: int | None = None) -> ThrowawayCluster:
         """A streaming hot standby of this cluster (``pg_basebackup -R``), started; removed by its
         own ``cleanup()``. ``synchronous``: this cluster waits for it at every commit."""
-        replica = ThrowawayCluster(settings=self.settings)
+        replica = ThrowawayCluster(settings=self.settings, port=port)
         if replica._as_postgres:
             shutil.chown(replica.root, "postgres", "postgres")
         try:
@@ -114,9 +116,15 @@ class ThrowawayCluster:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-t", "60", "promote")
 
     def kill(self) -> None:
-        """SIGKILL the postmaster (a crash): its backends die with it, nothing is flushed."""
+        """SIGKILL the postmaster and then its children, as a machine that dies takes them: no
+        backend finishes a commit or answers a client afterwards."""
         pid = int((self.data / "postmaster.pid").read_text().split()[0])
-        os.kill(pid, 9)
+        children = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if _parent(stat) == pid]
+        for victim in [pid, *children]:
+            try:
+                os.kill(victim, 9)
+            except ProcessLookupError:
+                pass
 
     def url(self, user: str = "postgres", password: str | None = None, dbname: str = "postgres") -> str:
         auth = f"{user}:{password}" if password else user
@@ -138,3 +146,10 @@ class ThrowawayCluster:
         if (self.data / "postmaster.pid").exists():
             self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _parent(stat: Path) -> int | None:
+    try:
+        return int(stat.read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None  # gone meanwhile
