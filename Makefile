@@ -16,7 +16,7 @@ PLPGSQL_CHECK  := /usr/share/postgresql/$(PG_MAJOR)/extension/plpgsql_check.cont
 SUDO           := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL    := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: venv demo test test-long lint sql-lint-tools bench bench-quick postgres clean
+.PHONY: venv demo test test-long lint sql-lint-tools bench bench-quick bench-scale postgres clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test-long: venv postgres
 bench: venv postgres
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run_all.py
+
+# Append, entity read and index sizes at 1M and 10M events (docs/scaling.md): about 10 minutes.
+bench-scale: venv postgres
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/report.py
 
 # Small counts, results in a temp dir: only checks that every benchmark runs.
 bench-quick: venv postgres

@@ -24,6 +24,8 @@ FIGURES = {
     "eventsourcing": ("The eventsourcing library's recorders, and the blocking interface's hop",
                       "bench/bench_eventsourcing.py"),
     "telemetry": ("OpenTelemetry's cost per append", "bench/bench_telemetry.py"),
+    "replicas": ("Reads on a hot standby", "bench/bench_replicas.py"),
+    "scale": ("Cost by table size, 1M and 10M events", "bench/bench_scale.py"),
 }
 MACHINE_KEYS = ("cores", "cpu", "platform", "python", "asyncpg", "msgspec", "postgres", "pg_synchronous_commit",
                 "pg_wal_sync_method", "pg_fsync", "pg_shared_buffers", "pg_wal_buffers", "pg_commit_delay",

@@ -31,7 +31,10 @@ FULL = {
     "bench_schema_versions.py": ["--events", "3000"],
     "bench_eventsourcing.py": ["--samples", "1000", "--jobs", "200", "--singles", "3000"],
     "bench_telemetry.py": ["--events", "2000", "--rounds", "3"],
+    # A throwaway primary and standby of its own: about 2 minutes.
+    "bench_replicas.py": ["--events", "100000", "--seconds", "5", "--rounds", "2"],
 }
+# bench_scale.py (1M and 10M events, about 10 minutes) runs on its own: make bench-scale.
 QUICK = {
     "bench_append_latency.py": ["--events", "300"],
     "bench_concurrent_appends.py": ["--events", "320", "--rounds", "1"],
@@ -46,6 +49,8 @@ QUICK = {
     "bench_schema_versions.py": ["--events", "200"],
     "bench_eventsourcing.py": ["--samples", "100", "--jobs", "20", "--singles", "200"],
     "bench_telemetry.py": ["--events", "100", "--rounds", "1"],
+    "bench_replicas.py": ["--events", "5000", "--seconds", "1", "--rounds", "1"],
+    "bench_scale.py": ["--sizes", "10000,50000", "--samples", "100"],
 }
 
 
