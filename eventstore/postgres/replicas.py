@@ -67,6 +67,7 @@ class Replicas:
         self.primary_pages = 0  # pages read on the primary because no standby could serve them
         self._system_id: int | None = None
         self._next = 0
+        self._closed = False  # after close(), no standby pool is opened again
 
     async def open(self, system_id: int) -> None:
         """Connect to every standby at once; one that does not answer is passed over, not fatal."""
@@ -74,6 +75,7 @@ class Replicas:
         await asyncio.gather(*(self._connect(replica) for replica in self.replicas))
 
     async def close(self) -> None:
+        self._closed = True
         for replica in self.replicas:
             pool, replica.pool = replica.pool, None
             if pool is not None:
@@ -107,6 +109,8 @@ class Replicas:
 
     def _candidates(self) -> list[Replica]:
         """Serving standbys in turn (one further on per call), then any whose retry time came."""
+        if self._closed:
+            return []
         now, count = time.monotonic(), len(self.replicas)
         start, self._next = self._next, (self._next + 1) % count
         turn = [self.replicas[(start + i) % count] for i in range(count)]

@@ -16,7 +16,7 @@ from typing import cast
 import asyncpg
 
 from ..envelope import EventEnvelope
-from ..errors import DatabaseUnavailableError
+from ..errors import DatabaseUnavailableError, EventStoreError
 from .connections import Connections, connect, terminate
 from .errors import UNAVAILABLE
 from .fence import take_fence
@@ -55,9 +55,11 @@ async def follow(connections: Connections, after: int, page_size: int, replicas:
                         cursor = high_water  # the rest of the range are burned ids (ON CONFLICT)
             except asyncpg.InsufficientPrivilegeError as exc:
                 raise connections.errors.denied(exc, "subscribe", "eventstore_reader or eventstore_writer") from None
-            except UNAVAILABLE as exc:
+            except (*UNAVAILABLE, EventStoreError) as exc:
                 if connections.pool is None:
-                    return  # the journal was closed under us
+                    return  # the journal was closed under us (a page from a replica's fallback says "not open")
+                if not isinstance(exc, (*UNAVAILABLE, DatabaseUnavailableError)):
+                    raise  # a refusal, not a lost server
                 log.warning("subscription connection lost (%s); reconnecting", type(exc).__name__)
                 connections.listeners.pop(conn, None)
                 terminate(conn)

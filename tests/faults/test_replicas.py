@@ -266,3 +266,27 @@ async def test_an_unreachable_replica_does_not_stop_the_journal_and_its_password
         finally:
             await journal.close()
     assert "passed over (down)" in caplog.text and "hunter2secret" not in caplog.text
+
+
+async def test_closing_the_journal_ends_a_subscription_through_a_standby_quietly(replicated_urls, standby_pair):
+    primary_url, standby_url = replicated_urls
+    database = standby_url.rsplit("/", 1)[1]
+    journal = await open_replicated(primary_url, [standby_url])
+    await journal.append(event("agent-1"))
+    received: list[int] = []
+
+    async def follow() -> None:
+        async for envelope in journal.subscribe(after=0):
+            received.append(envelope.position)
+
+    follower = asyncio.create_task(follow())
+    async with asyncio.timeout(GUARD):
+        while not received:
+            await asyncio.sleep(0.01)
+        await journal.close()
+        await follower  # returns: no error, no hang
+    assert received == [1]
+    # The standby's pool is closed, and the subscription's last step did not open it again.
+    await asyncio.sleep(0.2)
+    count = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}' AND application_name = 'eventstore-replica'"
+    assert standby_pair[1].sql(count) == "0"
