@@ -10,6 +10,7 @@ import re
 import asyncpg
 
 from ..dsn import DatabaseURL
+from ..envelope import EventEnvelope
 from ..errors import (
     CheckpointConflictError,
     ConcurrencyError,
@@ -157,3 +158,14 @@ def conflict_entity(exc: asyncpg.PostgresError) -> str | None:
     """The entity named by credit_events_append's conflict message."""
     match = re.search(r"concurrency conflict on entity (.*): expected version", str(exc))
     return None if match is None or match.group(1) == "<NULL>" else match.group(1)
+
+
+def conflict_target(
+    exc: asyncpg.PostgresError, batch: list[EventEnvelope], expected: list[int | None]
+) -> tuple[str | None, int | None]:
+    """The entity and expected version of a batch's conflict (its message names the entity)."""
+    entity = conflict_entity(exc) if exc.sqlstate == CONFLICT_SQLSTATE else None
+    for event, version in zip(batch, expected, strict=True):
+        if event.entity_id == entity and version is not None:
+            return entity, version
+    return entity, None

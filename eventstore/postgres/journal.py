@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,16 +15,17 @@ import asyncpg
 
 from ..base import BaseEventJournal, Checked, Checkpoint, EntityRead, EventQuery, Location, Stored
 from ..dsn import DatabaseURL, parse_database_url
-from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, ENCODER, EventEnvelope, Snapshot
+from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, EventEnvelope, Snapshot
 from ..errors import ConfigurationError, EventStoreError
 from ..telemetry import record_fence_wait
 from .connections import Connections
-from .errors import CONFLICT_SQLSTATE, RACE_SQLSTATE, ErrorMap, conflict_entity
+from .errors import RACE_SQLSTATE, ErrorMap, conflict_target
 from .fence import take_fence
 from .group_commit import CONFLICT, STORED, GroupCommit
 from .notifier import Notifier
 from .queries import QUERIES
-from .replicas import Replicas
+from .query_plan import ENTITY_SQL, MAX_VERSION, READ_PAGE_SQL, query_plan
+from .replicas import Replicas, split_replica_urls
 from .rows import ENTITY_VERSION, POSITION, batch_params, event_params, row_to_event
 from .schema import check_schema_name, require_current_schema
 from .subscribe import follow
@@ -34,15 +33,6 @@ from .subscribe import follow
 _APPEND_BATCH_SQL: str = QUERIES.append_events.sql
 _LOAD_SNAPSHOT_SQL: str = QUERIES.load_snapshot.sql
 _APPEND_CHECKPOINTED_SQL: str = QUERIES.append_checkpointed.sql
-_READ_PAGE_SQL: str = QUERIES.read_events_page.sql
-# (ranged by time, backwards) -> the entity page query
-_ENTITY_SQL: dict[tuple[bool, bool], str] = {
-    (False, False): QUERIES.read_entity_page.sql,
-    (False, True): QUERIES.read_entity_page_backwards.sql,
-    (True, False): QUERIES.read_entity_range_page.sql,
-    (True, True): QUERIES.read_entity_range_page_backwards.sql,
-}
-_MAX_VERSION = 2**31 - 1  # entity_version is an INTEGER
 
 
 class PostgresEventJournal(BaseEventJournal):
@@ -213,7 +203,7 @@ class PostgresEventJournal(BaseEventJournal):
             except asyncpg.PostgresError as exc:
                 if exc.sqlstate == RACE_SQLSTATE and attempt < BATCH_ATTEMPTS:
                     continue  # rolled back whole; sent again, the key committed meanwhile is a duplicate
-                entity, version = _conflict_target(exc, batch, expected)
+                entity, version = conflict_target(exc, batch, expected)
                 raise self.errors.append_error(exc, entity, version, checkpoint) from None
         results: list[Stored] = []
         for event, row in zip(batch, rows, strict=True):
@@ -272,13 +262,13 @@ class PostgresEventJournal(BaseEventJournal):
             return
         fetch, page_size = self._pages(wal), self.page_size
         # Read-ahead of one page: the server fetches page N+1 while this process decodes page N.
-        pending: asyncio.Task[list[asyncpg.Record]] | None = asyncio.ensure_future(fetch(_READ_PAGE_SQL, after, high_water, page_size))
+        pending: asyncio.Task[list[asyncpg.Record]] | None = asyncio.ensure_future(fetch(READ_PAGE_SQL, after, high_water, page_size))
         try:
             while pending is not None:
                 rows = await pending
                 pending = None
                 if len(rows) == page_size:
-                    pending = asyncio.ensure_future(fetch(_READ_PAGE_SQL, rows[-1][POSITION], high_water, page_size))
+                    pending = asyncio.ensure_future(fetch(READ_PAGE_SQL, rows[-1][POSITION], high_water, page_size))
                 for row in rows:
                     yield row_to_event(row)
         finally:
@@ -289,10 +279,10 @@ class PostgresEventJournal(BaseEventJournal):
 
     async def _read_entity(self, read: EntityRead) -> AsyncIterator[EventEnvelope]:
         ranged = read.since is not None or read.until is not None
-        sql = _ENTITY_SQL[ranged, read.backwards]
+        sql = ENTITY_SQL[ranged, read.backwards]
         head: tuple[Any, ...] = (read.entity_id, read.since, read.until) if ranged else (read.entity_id,)
-        low, high = read.after_version, _MAX_VERSION if read.up_to_version is None else min(read.up_to_version, _MAX_VERSION)
-        if low >= _MAX_VERSION:
+        low, high = read.after_version, MAX_VERSION if read.up_to_version is None else min(read.up_to_version, MAX_VERSION)
+        if low >= MAX_VERSION:
             return  # no version is above it (entity_version is an INTEGER)
         remaining = read.limit
         fetch = await self._pages_now()
@@ -312,8 +302,8 @@ class PostgresEventJournal(BaseEventJournal):
 
     async def _query_events(self, query: EventQuery) -> AsyncIterator[EventEnvelope]:
         high_water, wal = await self._high_water()
-        sql, head, tail = _query_plan(query)
-        fetch = self._pages(wal, planned=sql is not _READ_PAGE_SQL)
+        sql, head, tail = query_plan(query)
+        fetch = self._pages(wal, planned=sql is not READ_PAGE_SQL)
         position, remaining = query.after, query.limit
         while position < high_water and (remaining is None or remaining > 0):
             page_size = self.page_size if remaining is None else min(self.page_size, remaining)
@@ -366,16 +356,6 @@ class PostgresEventJournal(BaseEventJournal):
         }
 
 
-def split_replica_urls(urls: Sequence[str] | str | None) -> list[str]:
-    """``replica_urls`` as a list: a string (or ``$DATABASE_REPLICA_URLS`` when None) is split at
-    the commas that begin another URL, so a multi-host replica URL stays whole."""
-    if urls is None:
-        urls = os.environ.get("DATABASE_REPLICA_URLS", "")
-    if isinstance(urls, str):
-        urls = re.split(r",\s*(?=[a-z+]+://)", urls.strip())
-    return [url.strip() for url in urls if url and url.strip()]
-
-
 #: A batch is sent again when another writer commits one of its keys during the statement (ES412,
 #: migration 0012): rare, and the next attempt sees that key stored, so a few attempts settle it.
 BATCH_ATTEMPTS = 3
@@ -391,42 +371,3 @@ async def _count_events(conn: asyncpg.Connection) -> tuple[int, bool]:
     if counted < EXACT_COUNT_BOUND:
         return counted, True
     return max(estimate, counted), False  # a big table not analyzed yet (a fresh restore)
-
-
-_QUERY_SQL: dict[str, str] = {
-    "correlation": QUERIES.query_by_correlation_page.sql,
-    "payload": QUERIES.query_by_payload_page.sql,
-    "type": QUERIES.query_by_type_page.sql,
-    "types": QUERIES.query_by_types_page.sql,
-    "time": QUERIES.query_by_time_page.sql,
-}
-
-
-def _query_plan(query: EventQuery) -> tuple[str, tuple[Any, ...], tuple[Any, ...]]:
-    """The query whose leading filter is the most selective one with an index; the other filters
-    are checked on its rows. Returns (sql, parameters before ``after, high_water``, parameters after them)."""
-    contains = None if query.payload_contains is None else ENCODER.encode(query.payload_contains)
-    since, until = query.since, query.until
-    types = None if query.event_types is None else list(query.event_types)
-    if query.correlation_id is not None:
-        return _QUERY_SQL["correlation"], (query.correlation_id,), (types, since, until, contains)
-    if contains is not None:
-        return _QUERY_SQL["payload"], (contains,), (types, since, until)
-    if types is not None and len(types) == 1:
-        return _QUERY_SQL["type"], (types[0],), (since, until)
-    if types is not None:
-        return _QUERY_SQL["types"], (types,), (since, until)
-    if since is not None or until is not None:
-        return _QUERY_SQL["time"], (since, until), ()
-    return _READ_PAGE_SQL, (), ()
-
-
-def _conflict_target(
-    exc: asyncpg.PostgresError, batch: list[EventEnvelope], expected: list[int | None]
-) -> tuple[str | None, int | None]:
-    """The entity and expected version of a batch's conflict (its message names the entity)."""
-    entity = conflict_entity(exc) if exc.sqlstate == CONFLICT_SQLSTATE else None
-    for event, version in zip(batch, expected, strict=True):
-        if event.entity_id == entity and version is not None:
-            return entity, version
-    return entity, None

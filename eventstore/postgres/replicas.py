@@ -17,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -173,3 +176,13 @@ class Replicas:
         replica.replayed = 0
         replica.state = OK
         return True
+
+
+def split_replica_urls(urls: Sequence[str] | str | None) -> list[str]:
+    """``replica_urls`` as a list: a string (or ``$DATABASE_REPLICA_URLS`` when None) is split at
+    the commas that begin another URL, so a multi-host replica URL stays whole."""
+    if urls is None:
+        urls = os.environ.get("DATABASE_REPLICA_URLS", "")
+    if isinstance(urls, str):
+        urls = re.split(r",\s*(?=[a-z+]+://)", urls.strip())
+    return [url.strip() for url in urls if url and url.strip()]

@@ -14,8 +14,7 @@ import pytest
 
 from eventstore import ConfigurationError, PostgresEventJournal, create_event_journal
 from eventstore.dsn import parse_database_url
-from eventstore.postgres.journal import split_replica_urls
-from eventstore.postgres.replicas import RETRY_AFTER
+from eventstore.postgres.replicas import RETRY_AFTER, split_replica_urls
 
 from ..conftest import wait_replayed
 from ..helpers import event as new_event
