@@ -10,7 +10,8 @@ so on 2 cores the gain is a floor of what separate machines give.
 Measured, ``--rounds`` rounds, variants alternated within each:
 1. appends/s on the primary (8 callers, one journal, single ``append`` calls) for ``--seconds``,
    with no readers, with 4 readers replaying the whole journal on the primary in a loop, and with
-   the same 4 readers on the standby (``replica_urls=[standby]``): events/s read beside it;
+   the same 4 readers on the standby (``replica_urls=[standby]``); the readers run in a process
+   of their own, and their events/s are reported beside;
 2. one full replay (``read_events()`` of ``--events`` events) on the primary, on the standby, and
    a bare prepared keyset fetch of the same pages on the standby (jsonb left as text)."""
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -46,10 +48,35 @@ async def load(url: str, events: int) -> None:
             await journal.append_many(batch[start:start + 1000])
 
 
+async def replay_loop(primary_url: str, replicas: list[str], seconds: float) -> None:
+    """The readers' process: READERS journals replaying the whole journal in a loop for
+    ``seconds``; prints the events read and the pages that fell back to the primary."""
+    read = 0
+    deadline = time.monotonic() + seconds
+
+    async def replay(journal: PostgresEventJournal) -> None:
+        nonlocal read
+        while time.monotonic() < deadline:
+            async for _ in journal.read_events():
+                read += 1
+                if time.monotonic() >= deadline:
+                    return
+
+    readers = [PostgresEventJournal(primary_url, pool_size=2, replica_urls=replicas) for _ in range(READERS)]
+    for journal in readers:
+        await journal.initialize()
+    await asyncio.gather(*(replay(j) for j in readers))
+    fallback = sum(j.get_metrics().get("replica_fallback_pages", 0) for j in readers)
+    for journal in readers:
+        await journal.close()
+    print(json.dumps({"read": read, "fallback_pages": fallback}))
+
+
 async def appends_with_readers(primary_url: str, reader_replicas: list[str] | None, seconds: float) -> dict[str, float]:
-    """Appends/s from CALLERS callers while READERS replay in a loop (None: no readers)."""
+    """Appends/s from CALLERS callers while READERS replay in a loop in a process of their own,
+    so their decoding does not share the appenders' event loop (None: no readers)."""
     stop = asyncio.Event()
-    appended = read = 0
+    appended = 0
 
     async def append(journal: PostgresEventJournal, k: int) -> None:
         nonlocal appended
@@ -59,34 +86,26 @@ async def appends_with_readers(primary_url: str, reader_replicas: list[str] | No
             appended += 1
             n += 1
 
-    async def replay(journal: PostgresEventJournal) -> None:
-        nonlocal read
-        while not stop.is_set():
-            async for _ in journal.read_events():
-                read += 1
-                if stop.is_set():
-                    return
-
-    readers = [] if reader_replicas is None else [
-        PostgresEventJournal(primary_url, pool_size=2, replica_urls=reader_replicas) for _ in range(READERS)]
+    reader = None
+    if reader_replicas is not None:
+        reader = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--reader", primary_url, json.dumps(reader_replicas), str(seconds + 1.0),
+            stdout=asyncio.subprocess.PIPE)
     async with PostgresEventJournal(primary_url, pool_size=4) as writer:
-        for journal in readers:
-            await journal.initialize()
-        try:
-            tasks = [asyncio.create_task(replay(j)) for j in readers]
-            tasks += [asyncio.create_task(append(writer, k)) for k in range(CALLERS)]
-            await asyncio.sleep(0.5)  # warm: pools full, statements prepared
-            appended0, read0, t0 = appended, read, time.perf_counter()
-            await asyncio.sleep(seconds)
-            elapsed = time.perf_counter() - t0
-            result = {"appends_per_s": (appended - appended0) / elapsed, "read_per_s": (read - read0) / elapsed}
-            stop.set()
-            await asyncio.gather(*tasks)
-        finally:
-            fallback = sum(j.get_metrics().get("replica_fallback_pages", 0) for j in readers)
-            for journal in readers:
-                await journal.close()
-    result["fallback_pages"] = fallback
+        tasks = [asyncio.create_task(append(writer, k)) for k in range(CALLERS)]
+        await asyncio.sleep(0.5)  # warm: pools full, statements prepared, readers started
+        appended0, t0 = appended, time.perf_counter()
+        await asyncio.sleep(seconds)
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        await asyncio.gather(*tasks)
+    result = {"appends_per_s": (appended - appended0) / elapsed, "read_per_s": 0.0, "fallback_pages": 0}
+    if reader is not None:
+        out, _ = await reader.communicate()
+        assert reader.returncode == 0, "the readers' process failed"
+        counts = json.loads(out.decode().strip().splitlines()[-1])
+        result["read_per_s"] = counts["read"] / (seconds + 1.0)
+        result["fallback_pages"] = counts["fallback_pages"]
     return result
 
 
@@ -148,6 +167,9 @@ async def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str,
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--reader"]:  # the readers' own process (appends_with_readers)
+        asyncio.run(replay_loop(sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000, help="events loaded, replayed whole by every reader")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each append run")

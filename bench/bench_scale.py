@@ -10,15 +10,16 @@ Loading 10M rows through the indexes takes about an hour here (4k rows/s, random
 stage drops the secondary indexes and constraints, loads its rows with ``INSERT … SELECT`` (the
 rows of bench_schema.py: 20 skewed types, dense versions per entity, ~150-byte payloads), and
 builds them again from their own definitions, then VACUUM ANALYZE. Indexes built in one go are
-denser than indexes grown by appends (bench_schema.py measures those at 1M: about 1.7× for the
-uuid and text keys), so sizes here are the lower bound.
+denser than indexes grown by appends (bench_schema.py measured ``(event_type, id)`` at 77 MiB per
+1M rows grown, 44 MiB built fresh), so sizes here are the lower bound.
 
 At each size (sequential, one caller, ``--samples`` each, alternated in blocks of 100):
 - ``append``: ``PostgresEventJournal.append`` of an event of a new entity (a later stage's rows
   give the existing ones their next versions), its version found by the database;
 - bare: a prepared ``INSERT … ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`` of the same
   kind of event into the same ``credit_events``, version 1 given;
-- ``read_entity``: the whole stream of a random existing entity (median 6 events at 10M);
+- ``read_entity``: the whole stream of a random existing entity (streams are longer at the larger
+  size: the same entities get more events, so this row shows stream length as much as table size);
 - sizes of the table and each index, bytes per row."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run every benchmark, then regenerate docs/benchmarks.md and the charts.
 
-Full mode (about 25 minutes on 2 cores, 5 of them bench_schema.py at 1M rows) writes bench/results/ and docs/. ``--quick`` uses small
+Full mode (about 28 minutes on 2 cores, 5 of them bench_schema.py at 1M rows) writes bench/results/ and docs/. ``--quick`` uses small
 counts, writes into a temp dir and regenerates the report there: it only checks that all runs.
 """
 
