@@ -136,6 +136,8 @@ class Replicas:
             with contextlib.suppress(*UNAVAILABLE):
                 await replica.pool.expire_connections()
             return None
+        except asyncpg.PostgresError as exc:  # refused (a privilege, say): as the primary's errors are
+            raise (self.primary.errors.translate(exc, f"read from the standby {replica.url.where}", "eventstore_reader") or exc) from None
         replica.state = OK
         replica.pages += 1
         return rows
