@@ -27,6 +27,7 @@ from common import (
     create_db,
     drop_db,
     machine_facts,
+    current_rss_kib,
     peak_rss_kib,
     print_table,
     reset_peak_rss,
@@ -80,6 +81,7 @@ def write_file(path: str, n: int) -> None:
 async def child(kind: str, target: str) -> dict[str, Any]:
     rss0 = reset_peak_rss()
     count = 0
+    extra: dict[str, float] = {}
     opened = time.perf_counter()
     if kind == "pg_journal":
         from eventstore import PostgresEventJournal
@@ -103,8 +105,17 @@ async def child(kind: str, target: str) -> dict[str, Any]:
     elif kind == "file_journal":
         from eventstore import FileEventJournal
 
+        # A read-only open reads nothing: the first read indexes the file as it goes. The rate is
+        # that of a second read (index built); the first read is reported beside it.
         journal = FileEventJournal(target, read_only=True)
         await journal.initialize()
+        events = journal.read_events()
+        await anext(events)
+        extra["first_event_seconds"] = time.perf_counter() - opened
+        extra["first_event_rss_growth_mib"] = (current_rss_kib() - rss0) / 1024
+        async for _ in events:
+            pass
+        extra["first_read_seconds"] = time.perf_counter() - opened
         start = time.perf_counter()
         async for _ in journal.read_events():
             count += 1
@@ -116,6 +127,10 @@ async def child(kind: str, target: str) -> dict[str, Any]:
             while chunk := handle.read(1 << 20):
                 lines = (rest + chunk).split(b"\n")
                 rest = lines.pop()
+                if not count:
+                    decode(lines[0])
+                    extra["first_event_seconds"] = time.perf_counter() - start
+                    extra["first_event_rss_growth_mib"] = (current_rss_kib() - rss0) / 1024
                 for line in lines:
                     decode(line)
                 count += len(lines)
@@ -137,13 +152,15 @@ async def child(kind: str, target: str) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     peak = peak_rss_kib()
     return {"events": count, "seconds": seconds, "open_seconds": start - opened,
-            "peak_rss_mib": peak / 1024, "rss_growth_mib": (peak - rss0) / 1024}
+            "peak_rss_mib": peak / 1024, "rss_growth_mib": (peak - rss0) / 1024, **extra}
 
 
 def spawn(kind: str, target: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, "--child", kind, target], check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"  {kind}: {result['events']:,} events in {result['seconds']:.2f}s (open {result['open_seconds']:.2f}s), "
+    first = (f", first event after {1000 * result['first_event_seconds']:.1f} ms (+{result['first_event_rss_growth_mib']:.1f} MiB)"
+             if "first_event_seconds" in result else "")
+    print(f"  {kind}: {result['events']:,} events in {result['seconds']:.2f}s (open {result['open_seconds']:.2f}s{first}), "
           f"peak RSS {result['peak_rss_mib']:.1f} MiB (+{result['rss_growth_mib']:.1f})")
     return result
 
@@ -182,11 +199,20 @@ async def run(n: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         r["events_per_s"] = r["events"] / r["seconds"]
     rate = {k: r["events_per_s"] for k, r in results.items()}
     rss = {k: r["rss_growth_mib"] for k, r in results.items()}
+    file_journal, file_bare = results["file_journal"], results["file_bare"]
     rows = [
         compare("PostgresEventJournal.read_events", rate["pg_journal"], "bare keyset fetch", rate["pg_bare"], "events/s",
-                target=">= 0.75"),
+                target=">= 0.8"),
         compare("FileEventJournal.read_events", rate["file_journal"], "bare msgspec decode loop",
                 rate["file_bare"], "events/s", target=">= 0.8"),
+        compare("FileEventJournal read-only: open and first read (indexing as it goes)", n / file_journal["first_read_seconds"],
+                "bare msgspec decode loop", rate["file_bare"], "events/s"),
+        compare("FileEventJournal read-only: open to first event", 1000 * file_journal["first_event_seconds"],
+                "bare: open, read 1 MiB, decode a line", 1000 * file_bare["first_event_seconds"], "ms",
+                lower_is_better=True, target="< 100 ms"),
+        compare("FileEventJournal read-only: RSS growth at first event", file_journal["first_event_rss_growth_mib"],
+                "bare: open, read 1 MiB, decode a line", file_bare["first_event_rss_growth_mib"], "MiB",
+                lower_is_better=True, target="< 20 MiB"),
     ]
     if "peer" in rate:
         rows.append(compare("eventsourcing select_notifications", rate["peer"], "bare keyset fetch",
@@ -194,7 +220,7 @@ async def run(n: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows += [
         compare("PostgresEventJournal.read_events RSS growth", rss["pg_journal"], "bare keyset fetch",
                 rss["pg_bare"], "MiB", lower_is_better=True),
-        compare("FileEventJournal open+read RSS growth", rss["file_journal"], "bare msgspec decode loop",
+        compare("FileEventJournal open+two reads RSS growth", rss["file_journal"], "bare msgspec decode loop",
                 rss["file_bare"], "MiB", lower_is_better=True),
     ]
     return rows, {"readers": results}

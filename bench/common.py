@@ -145,6 +145,14 @@ def reset_peak_rss() -> int:
         return max_rss_kib()
 
 
+def current_rss_kib() -> int:
+    """RSS now (VmRSS), or ru_maxrss where /proc is missing."""
+    try:
+        return _status_kib("VmRSS:")
+    except OSError:
+        return max_rss_kib()
+
+
 def peak_rss_kib() -> int:
     """Peak RSS since :func:`reset_peak_rss` (VmHWM), or ru_maxrss where /proc is missing."""
     try:
@@ -216,12 +224,14 @@ def compare(name: str, value: float, raw_name: str, raw: float, unit: str, *,
             target: str | None = None, lower_is_better: bool = False) -> dict[str, Any]:
     """One result row: the figure, the raw limit measured in the same run, their ratio and the target.
 
-    ``target`` is ``"<= 1.15"`` or ``">= 0.8"`` on ``value / raw``."""
+    ``target`` is ``"<= 1.15"`` or ``">= 0.8"`` on ``value / raw``, or ``"< 100 ms"`` (a unit
+    after the bound) on ``value`` itself."""
     ratio = value / raw if raw else float("nan")
     met = None
     if target:
-        op, bound = target.split()
-        met = ratio <= float(bound) if op == "<=" else ratio >= float(bound)
+        op, bound, *absolute = target.split()
+        measured = value if absolute else ratio
+        met = measured <= float(bound) if op in ("<=", "<") else measured >= float(bound)
     return {"name": name, "value": value, "raw_name": raw_name, "raw": raw, "unit": unit,
             "ratio": ratio, "target": target, "met": met, "lower_is_better": lower_is_better}
 

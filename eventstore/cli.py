@@ -92,6 +92,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     async def run() -> dict[str, Any]:
         journal = await _open_journal(args, reading=True)
         try:
+            await journal.last_position()  # a read-only file journal counts its events as it indexes them: all of them
             return journal.get_metrics()
         finally:
             await journal.close()

@@ -25,6 +25,7 @@ import msgspec
 
 from .envelope import ENCODER, ENVELOPE_DECODER, EventEnvelope
 from .errors import CorruptedEventError
+from .key_hashes import KeyHashes
 
 CHUNK = 1 << 20
 CHECKPOINT_TYPE = "$eventstore.checkpoint"  # payload: {"name": ..., "position": ...}
@@ -117,12 +118,14 @@ class LineDecoder:
     ``decode`` raises :class:`CorruptedEventError` (naming the line) for a line that is not an
     envelope, and returns ``None`` for a line to skip: one listed in ``skip_lines`` (found repeated
     by the writer's scan) or one that repeats an earlier position or idempotency key. Keys are
-    remembered only with ``keys`` given: a dict of key to position, or (``hash_keys``, the
-    importer) a set of key hashes. Checkpoint lines are collected into ``checkpoints`` when given.
+    remembered only with ``keys`` given: a dict of key to position (the writer), or a
+    :class:`KeyHashes` (read-only journals, the importer), whose hits are confirmed by reading the
+    lines before again from ``path``: a decoder given one reads from the first line. Checkpoint
+    lines are collected into ``checkpoints`` when given.
     """
 
     __slots__ = (
-        "where", "legacy", "skip_lines", "keys", "hash_keys", "checkpoints", "checkpoint_lines", "last_position",
+        "where", "path", "legacy", "skip_lines", "keys", "checkpoints", "checkpoint_lines", "last_position",
         "versions", "completed",
     )
 
@@ -132,15 +135,17 @@ class LineDecoder:
         *,
         legacy: bool = True,
         skip_lines: set[int] | frozenset[int] = frozenset(),
-        keys: dict[str, int] | set[int] | None = None,
-        hash_keys: bool = False,
+        keys: dict[str, int] | KeyHashes | None = None,
+        path: str | os.PathLike[str] | None = None,
         checkpoints: dict[str, int] | None = None,
     ) -> None:
+        if isinstance(keys, KeyHashes) and path is None:
+            raise ValueError("a LineDecoder given KeyHashes needs the path, to confirm a hash hit")
         self.where = where
+        self.path = path
         self.legacy = legacy  # False when every line is known to carry its own position and version
         self.skip_lines = skip_lines
         self.keys = keys
-        self.hash_keys = hash_keys
         self.checkpoints = checkpoints
         self.checkpoint_lines = 0  # checkpoint lines read (when collecting ``checkpoints``)
         self.last_position = 0
@@ -172,20 +177,36 @@ class LineDecoder:
                 self.checkpoint_lines += 1
             return None
         keys = self.keys
-        if keys is not None:
-            if self.hash_keys:
-                hashed = hash(event.idempotency_key)
-                if hashed in keys:
-                    return None
-                keys.add(hashed)  # type: ignore[union-attr]
-            else:
-                if event.idempotency_key in keys:
-                    return None
-                keys[event.idempotency_key] = position  # type: ignore[index]
+        if type(keys) is dict:
+            if event.idempotency_key in keys:
+                return None
+            keys[event.idempotency_key] = position  # type: ignore[assignment]
+        elif keys is not None and not keys.add(event.idempotency_key) and (  # type: ignore[union-attr]
+            keys.exact is not None or self._seen_before(number, event.idempotency_key)  # type: ignore[union-attr]
+        ):
+            return None
         self.last_position = position  # type: ignore[assignment]
         if self.legacy and event.entity_id is not None and event.entity_version is not None:
             self.versions[event.entity_id] = event.entity_version
         return event
+
+    def _seen_before(self, number: int, key: str) -> bool:
+        """A hash hit: read lines 1 to ``number - 1`` again by the same rules, keeping the keys
+        themselves, and track them exactly from here on (a file that repeats keys, or two keys
+        sharing a hash). Whether ``key`` is one of them; it is added when it is not."""
+        keys: KeyHashes = self.keys  # type: ignore[assignment]
+        exact = KeyHashes()
+        exact.track_exactly(set())
+        again = LineDecoder(self.where, legacy=self.legacy, skip_lines=self.skip_lines, keys=exact, path=self.path)
+        for earlier, line in LineCursor(self.path).lines():  # type: ignore[arg-type]
+            if earlier >= number:
+                break
+            try:
+                again.decode(earlier, line)
+            except CorruptedEventError:
+                continue
+        keys.track_exactly(exact.exact)  # type: ignore[arg-type]
+        return not keys.add(key)
 
 
 def complete_line(event: EventEnvelope, line: bytes, last_position: int, versions: dict[str, int]) -> EventEnvelope:

@@ -1,24 +1,42 @@
-"""What the file journal knows of its file, rebuilt by one scan at open: idempotency keys (with
-their positions), event ids and entity versions (the writer's checks), consumers' checkpoints,
-lines to skip, and a sparse seek index."""
+"""What the file journal knows of its file: lines to skip, consumers' checkpoints and a sparse
+seek index for everyone; idempotency keys with their positions, event ids and entity versions for
+the writer's checks. The writer builds it by one scan at open; a read-only journal builds it
+lazily, a chunk at a time, as its reads reach lines it has not indexed yet."""
 
 from __future__ import annotations
 
 import bisect
+import threading
 from pathlib import Path
 
+from ..envelope import EventEnvelope
 from ..errors import CorruptedEventError
 from ..jsonl import LineCursor, LineDecoder
+from ..key_hashes import KeyHashes
 
 SEEK_EVERY = 1024  # lines between two entries of the seek index
+#: Bytes of lines a reader's turn at extending the index covers (a few hundred events). Larger
+#: turns hold more decoded events at once, which costs the garbage collector more than the hops.
+EXTEND_BYTES = 64 << 10
+
+#: What indexing a chunk read from one line: its event, or why it is corrupt.
+Indexed = EventEnvelope | CorruptedEventError
 
 
 class JournalIndex:
     """Built by :meth:`scan`; then kept current by the group commit (``stage``/``made_durable``) in
-    the writer, or by :meth:`catch_up` in a read-only journal."""
+    the writer, or by :meth:`extend` in a read-only journal (``writer=False``), which keeps only
+    the keys' hashes: a reader never appends, so it needs neither positions by key, nor event
+    ids, nor versions."""
 
-    def __init__(self) -> None:
-        self.keys: dict[str, int] = {}  # idempotency key -> position
+    def __init__(self, *, writer: bool = True) -> None:
+        self.writer = writer
+        self.lock = threading.Lock()  # a read-only journal's index is extended from helper threads
+        self._reset()
+
+    def _reset(self) -> None:
+        self.keys: dict[str, int] = {}  # idempotency key -> position (the writer's)
+        self.key_hashes = None if self.writer else KeyHashes()  # which keys were read (a read-only journal's)
         self.event_ints: set[int] = set()
         self.versions: dict[str, int] = {}
         self.checkpoints: dict[str, int] = {}  # durable ones
@@ -40,14 +58,42 @@ class JournalIndex:
             self.catch_up(path, path.stat().st_size)
 
     def catch_up(self, path: Path, limit: int) -> None:
-        """Read the lines between what was scanned and byte ``limit`` (a read-only journal follows
-        the writer this way). A file shorter than what was scanned had a torn tail cut: scan again."""
+        """Index every line up to byte ``limit`` (a read-only journal that needs the last position
+        or the checkpoints). A file shorter than what was indexed had a torn tail cut: start over."""
+        with self.lock:
+            self._read(path, limit, None)
+
+    def extend(self, path: Path, start: int, limit: int) -> tuple[list[Indexed], int, int, int] | None:
+        """Index about :data:`EXTEND_BYTES` of lines from byte ``start`` towards ``limit``, for a reader that
+        reached the end of the index: what each line held (it yields those events rather than
+        decode the lines twice), and the index's size, line count and last position after them.
+        ``None`` when the index no longer ends at ``start`` (another reader extended it
+        meanwhile, or a torn tail was cut): read on from the index."""
+        with self.lock:
+            return self.extend_locked(path, start, limit)
+
+    def extend_locked(self, path: Path, start: int, limit: int) -> tuple[list[Indexed], int, int, int] | None:
+        """:meth:`extend`, for a caller that holds :attr:`lock`."""
+        if self.size != start or limit < start:
+            return None
+        found: list[Indexed] = []
+        step = EXTEND_BYTES
+        # One turn; more only for a line longer than that (it is yielded once it is whole).
+        while self.size == start and start + step < limit:
+            self._read(path, start + step, found)
+            step *= 2
+        if self.size == start:
+            self._read(path, limit, found)
+        return found, self.size, self.line_count, self.position
+
+    def _read(self, path: Path, limit: int, found: list[Indexed] | None) -> None:
         if limit < self.size:
-            self.__init__()  # type: ignore[misc]  # start over, in place: the journal holds this object
+            self._reset()
         if self._cursor is None or self._decoder is None:
             self._cursor = LineCursor(path)
-            self._decoder = LineDecoder(str(path), keys=self.keys, checkpoints=self.checkpoints)
-        cursor, decoder = self._cursor, self._decoder
+            keys = self.keys if self.key_hashes is None else self.key_hashes
+            self._decoder = LineDecoder(str(path), keys=keys, path=path, checkpoints=self.checkpoints)
+        cursor, decoder, writer = self._cursor, self._decoder, self.writer
         offset = cursor.offset
         for number, line in cursor.lines(limit):
             if number % SEEK_EVERY == 0:
@@ -55,15 +101,20 @@ class JournalIndex:
             offset += len(line) + 1
             try:
                 event = decoder.decode(number, line)
-            except CorruptedEventError:
+            except CorruptedEventError as exc:
                 self.corrupt_lines += 1
+                if found is not None:
+                    found.append(exc)
                 continue
             if event is None:
                 self.skip_lines.add(number)  # a repeated line (or a checkpoint): the first occurrence wins
                 continue
-            self.event_ints.add(event.event_id.int)
-            if event.entity_id is not None and event.entity_version is not None:
-                self.versions[event.entity_id] = event.entity_version
+            if writer:
+                self.event_ints.add(event.event_id.int)
+                if event.entity_id is not None and event.entity_version is not None:
+                    self.versions[event.entity_id] = event.entity_version
+            if found is not None:
+                found.append(event)
             self.events += 1
         self.line_count = cursor.number
         self.legacy = decoder.completed

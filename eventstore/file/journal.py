@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,19 @@ from ..errors import (
 from ..jsonl import LineCursor
 from .commit import GroupCommit
 from .index import JournalIndex
+from .reader import DurableLines
 from .recovery import WriteMarker, WriterLock, recover_tail
 from .scan import scan_entity, scan_query
 from .snapshots import read_snapshot_file, write_snapshot_file
 from .subscribe import file_size, follow
 
 DEFAULT_PATH = "storage/events/credits.jsonl"
-_YIELD_EVERY = 4096  # events between two yields to the event loop during a long replay
 
 
 class FileEventJournal(BaseEventJournal):
     """Events in a JSONL file. ``read_only=True`` opens without the writer lock (for tools
-    and readers in other processes); everything else needs the lock.
+    and readers in other processes), reads nothing at open and indexes the file as reads reach
+    it, keeping 16–32 bytes per event; everything else needs the lock.
 
     ``fsync_on_loop=False`` (default) writes and fsyncs in a helper thread, so the event loop
     never blocks on the disk; ``True`` does it on the loop: lower latency for a single writer,
@@ -53,14 +53,13 @@ class FileEventJournal(BaseEventJournal):
         self.path = Path(path)
         self.read_only = read_only
         self.fsync_on_loop = fsync_on_loop
-        self.index = JournalIndex()
+        self.index = JournalIndex(writer=not read_only)
         self.group_commit: GroupCommit | None = None  # the writer's; None when read-only or closed
         self.is_open = False
         self.corrupted_skipped = 0
         self.torn_tail_path: Path | None = None
         self._lock = WriterLock(self.path)
         self._marker = WriteMarker(self.path)
-        self._catch_up_lock = threading.Lock()  # a read-only index is caught up in helper threads
 
     def __repr__(self) -> str:
         return f"FileEventJournal({str(self.path)!r}, read_only={self.read_only})"
@@ -77,9 +76,9 @@ class FileEventJournal(BaseEventJournal):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock.take()
         try:
-            self.index = JournalIndex()
-            await asyncio.to_thread(self._recover_and_scan)
-            if not self.read_only:
+            self.index = JournalIndex(writer=not self.read_only)
+            if not self.read_only:  # a read-only journal indexes lazily, as its reads reach the lines
+                await asyncio.to_thread(self._recover_and_scan)
                 self.group_commit = GroupCommit(self.path, self.index, self._marker, fsync_on_loop=self.fsync_on_loop)
                 self.group_commit.open()
         except BaseException:
@@ -88,12 +87,9 @@ class FileEventJournal(BaseEventJournal):
         self.is_open = True
 
     def _recover_and_scan(self) -> None:
-        if not self.read_only and self.path.exists():
+        if self.path.exists():
             self.torn_tail_path = recover_tail(self.path, self._marker) or self.torn_tail_path
-        if self.read_only:
-            self.index.catch_up(self.path, self.durable_size())
-        else:
-            self.index.scan(self.path)
+        self.index.scan(self.path)
 
     async def close(self) -> None:
         if not self.is_open:
@@ -127,8 +123,7 @@ class FileEventJournal(BaseEventJournal):
     def _caught_up(self) -> JournalIndex:
         """The index, up to date with the file (a read-only journal follows the writer)."""
         if self.read_only:
-            with self._catch_up_lock:
-                self.index.catch_up(self.path, self.durable_size())
+            self.index.catch_up(self.path, self.durable_size())
         return self.index
 
     # -- primitives ------------------------------------------------------------------------
@@ -240,26 +235,16 @@ class FileEventJournal(BaseEventJournal):
             return self.index.position
         return (await asyncio.to_thread(self._caught_up)).position
 
-    async def _read_events(self, after: int, skip_corrupted: bool) -> AsyncIterator[EventEnvelope]:
-        if not self.path.exists():
-            return
-        limit = self.durable_size()
-        lines = LineCursor(self.path, *self.index.start_for(after))
-        decoder = self.index.decoder(str(self.path))
-        yielded = 0
-        for number, line in lines.lines(limit):
-            try:
-                event = decoder.decode(number, line)
-            except CorruptedEventError:
-                if not skip_corrupted:
-                    raise
-                self.corrupted_skipped += 1
-                continue
-            if event is not None and event.position > after:  # type: ignore[operator]
-                yield event
-                yielded += 1
-                if yielded % _YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # a long replay must not starve the event loop
+    def _read_events(self, after: int, skip_corrupted: bool) -> AsyncIterator[EventEnvelope]:
+        return DurableLines(self.path, self.index, after, self.durable_size).read(self._skip_or_raise(skip_corrupted))
+
+    def _skip_or_raise(self, skip_corrupted: bool) -> Callable[[CorruptedEventError], None]:
+        def corrupt(error: CorruptedEventError) -> None:
+            if not skip_corrupted:
+                raise error
+            self.corrupted_skipped += 1
+
+        return corrupt
 
     def _read_entity(self, read: EntityRead) -> AsyncIterator[EventEnvelope]:
         return scan_entity(self._read_events(0, True), read)

@@ -11,8 +11,8 @@ from typing import Protocol
 
 from ..envelope import EventEnvelope
 from ..errors import CorruptedEventError
-from ..jsonl import LineCursor
 from .index import JournalIndex
+from .reader import DurableLines
 
 POLL_INTERVAL = 0.1  # seconds: how often a read-only subscriber looks at the file size
 
@@ -32,27 +32,21 @@ class Followed(Protocol):
 
 
 async def follow(journal: Followed, after: int) -> AsyncIterator[EventEnvelope]:
-    cursor = after  # every position <= cursor has been delivered or never will exist
-    lines = LineCursor(journal.path)
-    decoder = journal.index.decoder(str(journal.path))
+    lines = DurableLines(journal.path, journal.index, after, journal.durable_size)  # every position <= lines.last is delivered
+
+    def corrupt(error: CorruptedEventError) -> None:
+        journal.corrupted_skipped += 1
+
     stalled_at = -1  # a size at which only an incomplete line was left to read
     while journal.is_open:
         flushed = journal.flushed  # taken before reading: a flush after this point wakes us
         limit = journal.durable_size()
-        if limit < lines.offset:  # the writer cut a torn tail we had passed: read again, positions dedupe
-            lines = LineCursor(journal.path)
-            decoder.restart()
-        if limit > lines.offset and limit != stalled_at:
-            for number, line in lines.lines(limit):
-                try:
-                    event = decoder.decode(number, line)
-                except CorruptedEventError:
-                    journal.corrupted_skipped += 1
-                    continue
-                if event is not None and event.position > cursor:  # type: ignore[operator]
-                    cursor = event.position  # type: ignore[assignment]
-                    yield event
-            stalled_at = limit if lines.offset < limit else -1
+        if limit < lines.cursor.offset:  # the writer cut a torn tail we had passed: read again, positions dedupe
+            lines.restart()
+        if limit > lines.cursor.offset and limit != stalled_at:
+            async for event in lines.read(corrupt, limit):
+                yield event
+            stalled_at = limit if lines.cursor.offset < limit else -1
             continue  # look again before sleeping: more may have been flushed meanwhile
         if flushed is None:
             await asyncio.sleep(POLL_INTERVAL)

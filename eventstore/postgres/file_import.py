@@ -32,6 +32,7 @@ import asyncpg
 from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, EventEnvelope, validate_event
 from ..errors import CorruptedEventError, EventStoreError, InvalidEventError
 from ..jsonl import LineCursor, LineDecoder, durable_size
+from ..key_hashes import KeyHashes
 from .errors import ENTITY_VERSION_KEY, EVENT_ID_KEY, IDEMPOTENCY_KEY_KEY
 from .queries import QUERIES
 from .rows import batch_params
@@ -95,9 +96,9 @@ class JournalFileReader:
     the same completion of lines from older tools, the same rule that a line repeating an earlier
     idempotency key or position is skipped), then ``validate_event``.
 
-    Memory: one dict of entity → version and one set of 64-bit key hashes (the file journal
-    itself keeps every key); lines are read in 1 MiB chunks. A hash collision (odds ~n²/2⁶⁵)
-    would skip an event, which ``verify`` would then report as missing.
+    Memory: one dict of entity → version and the keys' 64-bit hashes (``eventstore.key_hashes``:
+    a hash hit is confirmed with the keys themselves, so no event is skipped for a collision);
+    lines are read in 1 MiB chunks.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
@@ -107,7 +108,7 @@ class JournalFileReader:
         # unfinished (the <journal>.writing marker) is not read: the writer's recovery moves it aside.
         self.size = durable_size(self.path, self.path.stat().st_size)
         self.bytes_read = 0
-        self.key_hashes: set[int] = set()
+        self.keys = KeyHashes()
         self.corrupt = 0
         self.corrupt_lines: list[tuple[int, str]] = []
         self.repeated = 0
@@ -122,7 +123,7 @@ class JournalFileReader:
     def __iter__(self) -> Iterator[tuple[int, EventEnvelope, bytes]]:
         """``(line_number, event, payload_json)`` per event, in file order."""
         lines = LineCursor(self.path)
-        decoder = LineDecoder(str(self.path), keys=self.key_hashes, hash_keys=True, checkpoints=self.checkpoints)
+        decoder = LineDecoder(str(self.path), keys=self.keys, path=self.path, checkpoints=self.checkpoints)
         checkpoint_lines = 0
         for number, line in lines.lines(self.size):
             self.bytes_read += len(line) + 1

@@ -60,7 +60,8 @@ async def verify_file(source: str | os.PathLike[str], database_url: str, *, batc
                       schema: str | None = None, progress: Any = None) -> VerifyResult:
     """Compare the file's events (as FileEventJournal reads them) with PostgreSQL by idempotency
     key, in batches; then count database rows whose key the file does not have. Bounded memory:
-    one batch of rows, plus the reader's set of key hashes."""
+    one batch of rows, plus the reader's key hashes (a database key whose hash the file has, odds
+    n/2⁶⁴, would not be counted as extra)."""
     reader = JournalFileReader(source)
     result = VerifyResult()
     async with tool_session(database_url, schema, tool="verify", action="read credit_events", needs="eventstore_reader") as conn:
@@ -83,11 +84,11 @@ async def verify_file(source: str | os.PathLike[str], database_url: str, *, batc
             if progress is not None:
                 progress(reader.bytes_read, reader.size, result.matched + result.missing + result.different)
         position = 0
-        keys = reader.key_hashes
+        keys = reader.keys
         while True:
             page = await conn.fetch(QUERIES.keys_page.sql, position, 10_000)
             for row in page:
-                if hash(row[1]) not in keys:
+                if row[1] not in keys:
                     result.extra_in_database += 1
                     result._example("extra_in_database", f"position {row[0]}: {row[1]}")
             if len(page) < 10_000:
