@@ -46,9 +46,11 @@ bench: venv postgres
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run_all.py
 
-# Append, entity read and index sizes at 1M and 10M events (docs/scaling.md): about 10 minutes.
+# Sizes, WAL and the hot-entity ceiling at 1M rows (docs/operations.md), then append, entity read
+# and index sizes at 1M and 10M events (docs/scaling.md): about 15 minutes.
 bench-scale: venv postgres
 	$(BIN)/pip install --quiet -e '.[test,bench]'
+	$(BIN)/python bench/bench_schema.py --rows 1000000
 	$(BIN)/python bench/bench_scale.py
 	$(BIN)/python bench/report.py
 

@@ -1,6 +1,7 @@
 """Run every benchmark, then regenerate docs/benchmarks.md and the charts.
 
-Full mode (about 28 minutes on 2 cores, 5 of them bench_schema.py at 1M rows) writes bench/results/ and docs/. ``--quick`` uses small
+Full mode writes bench/results/ and docs/ (bench_schema.py and bench_scale.py, sizes at 1M and 10M
+rows, run on their own: ``make bench-scale``). ``--quick`` uses small
 counts, writes into a temp dir and regenerates the report there: it only checks that all runs.
 """
 
@@ -26,15 +27,14 @@ FULL = {
     "bench_queries.py": ["--events", "1000000", "--samples", "100", "--budget", "5"],
     "bench_snapshots.py": ["--events", "1000000"],
     "load.py": ["--writers", "8,32", "--subscribers", "4", "--seconds", "15"],
-    # Sizes, WAL, GIN and the hot-entity ceiling at 1M rows (docs/operations.md): about 5 minutes.
-    "bench_schema.py": ["--rows", "1000000"],
     "bench_schema_versions.py": ["--events", "3000"],
     "bench_eventsourcing.py": ["--samples", "1000", "--jobs", "200", "--singles", "3000"],
     "bench_telemetry.py": ["--events", "2000", "--rounds", "3"],
     # A throwaway primary and standby of its own: about 2 minutes.
     "bench_replicas.py": ["--events", "100000", "--seconds", "5", "--rounds", "2"],
 }
-# bench_scale.py (1M and 10M events, about 10 minutes) runs on its own: make bench-scale.
+# bench_schema.py (sizes, WAL, GIN and the hot-entity ceiling at 1M rows, docs/operations.md: about
+# 5 minutes) and bench_scale.py (1M and 10M events, about 10 minutes) run on their own: make bench-scale.
 QUICK = {
     "bench_append_latency.py": ["--events", "300"],
     "bench_concurrent_appends.py": ["--events", "320", "--rounds", "1"],
