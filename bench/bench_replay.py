@@ -25,9 +25,9 @@ from typing import Any
 from common import (
     compare,
     create_db,
+    current_rss_kib,
     drop_db,
     machine_facts,
-    current_rss_kib,
     peak_rss_kib,
     print_table,
     reset_peak_rss,
