@@ -23,8 +23,8 @@ from typing import Any
 
 import msgspec
 
-from .envelope import ENCODER, ENVELOPE_DECODER, EventEnvelope
-from .errors import CorruptedEventError
+from .envelope import ENCODER, ENVELOPE_DECODER, EventEnvelope, check_decoded
+from .errors import CorruptedEventError, InvalidEventError
 from .key_hashes import KeyHashes
 
 CHUNK = 1 << 20
@@ -126,7 +126,7 @@ class LineDecoder:
 
     __slots__ = (
         "where", "path", "legacy", "skip_lines", "keys", "checkpoints", "checkpoint_lines", "last_position",
-        "versions", "completed",
+        "versions", "completed", "checked_except",
     )
 
     def __init__(
@@ -138,6 +138,7 @@ class LineDecoder:
         keys: dict[str, int] | KeyHashes | None = None,
         path: str | os.PathLike[str] | None = None,
         checkpoints: dict[str, int] | None = None,
+        checked_except: set[int] | None = None,
     ) -> None:
         if isinstance(keys, KeyHashes) and path is None:
             raise ValueError("a LineDecoder given KeyHashes needs the path, to confirm a hash hit")
@@ -151,6 +152,9 @@ class LineDecoder:
         self.last_position = 0
         self.versions: dict[str, int] = {}  # filled only while completing legacy lines
         self.completed = False  # whether some line lacked a store-set field
+        # Lines already checked by every rule (a journal's index) except these: the rules that
+        # msgspec's constraints leave over run again only on them. None: on every line.
+        self.checked_except = checked_except
 
     def restart(self) -> None:
         """Read from the first line again (the writer cut a torn tail the reader had passed)."""
@@ -160,7 +164,10 @@ class LineDecoder:
     def decode(self, number: int, line: bytes) -> EventEnvelope | None:
         try:
             event = _decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            checked_except = self.checked_except
+            if checked_except is None or number in checked_except:
+                check_decoded(event, line)
+        except (msgspec.DecodeError, msgspec.ValidationError, InvalidEventError) as exc:
             raise CorruptedEventError(f"{self.where}:{number}", str(exc)) from None
         if number in self.skip_lines:
             return None
@@ -207,6 +214,15 @@ class LineDecoder:
                 continue
         keys.track_exactly(exact.exact)  # type: ignore[arg-type]
         return not keys.add(key)
+
+
+def decode_line(line: bytes) -> EventEnvelope:
+    """One line's envelope, checked by every rule of the format: the decoder's constraints, then
+    what they leave over (:func:`~eventstore.envelope.check_decoded`). Raises msgspec's
+    ``DecodeError``/``ValidationError`` or :class:`InvalidEventError`."""
+    event = _decode(line)
+    check_decoded(event, line)
+    return event
 
 
 def complete_line(event: EventEnvelope, line: bytes, last_position: int, versions: dict[str, int]) -> EventEnvelope:

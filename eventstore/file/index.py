@@ -49,7 +49,9 @@ class JournalIndex:
         self.events = 0  # distinct events in the durable lines
         self.position = 0  # last durable position
         self.size = 0  # bytes of durable lines
-        self.corrupt_lines = 0
+        #: Lines found corrupt. Every other indexed line was checked by every rule (by the scan, or
+        #: by validate_event when this writer appended it), so readers re-check only these.
+        self.corrupt_numbers: set[int] = set()
         self._cursor: LineCursor | None = None
         self._decoder: LineDecoder | None = None
 
@@ -102,7 +104,7 @@ class JournalIndex:
             try:
                 event = decoder.decode(number, line)
             except CorruptedEventError as exc:
-                self.corrupt_lines += 1
+                self.corrupt_numbers.add(number)
                 if found is not None:
                     found.append(exc)
                 continue
@@ -140,6 +142,11 @@ class JournalIndex:
         self.line_count += lines
         self.events += events
 
+    @property
+    def corrupt_lines(self) -> int:
+        return len(self.corrupt_numbers)
+
     def decoder(self, where: str) -> LineDecoder:
-        """A decoder for readers of this file: the scan's skip list, completion only if needed."""
-        return LineDecoder(where, legacy=self.legacy, skip_lines=self.skip_lines)
+        """A decoder for readers of the lines indexed so far: the scan's skip list, completion only
+        if needed, and the rules checked again only on the lines found corrupt."""
+        return LineDecoder(where, legacy=self.legacy, skip_lines=self.skip_lines, checked_except=self.corrupt_numbers)

@@ -13,9 +13,8 @@ from typing import BinaryIO
 
 import msgspec
 
-from ..envelope import ENVELOPE_DECODER
-from ..errors import JournalLockedError
-from ..jsonl import WRITE_MARKER, durable_size, read_write_marker, write_marker_path
+from ..errors import InvalidEventError, JournalLockedError
+from ..jsonl import WRITE_MARKER, decode_line, durable_size, read_write_marker, write_marker_path
 
 
 def fsync_dir(directory: Path) -> None:
@@ -114,9 +113,9 @@ def recover_tail(journal_path: Path, marker: WriteMarker) -> Path | None:
         tail = handle.read()
         if unfinished is None and tail.endswith(b"\n"):
             try:
-                ENVELOPE_DECODER.decode(tail[:-1])
+                decode_line(tail[:-1])
                 return None  # the last line is whole and readable
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except (msgspec.DecodeError, msgspec.ValidationError, InvalidEventError):
                 pass
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         sidecar = journal_path.with_name(f"{journal_path.name}.torn-{stamp}")

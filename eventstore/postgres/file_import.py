@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, EventEnvelope, validate_event
+from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, EventEnvelope, check_entity_version, validate_event
 from ..errors import CorruptedEventError, EventStoreError, InvalidEventError
 from ..jsonl import LineCursor, LineDecoder, durable_size
 from ..key_hashes import KeyHashes
@@ -77,18 +77,6 @@ class ImportResult:
 
 
 IMPORT_ROLE = "the role that owns the schema (the one that runs `eventstore schema upgrade`), or run the import as it"
-
-
-def _check_entity_version(event: EventEnvelope) -> None:
-    """A line's own ``entity_version`` is inserted as is: one the table's constraints (or its INTEGER
-    column) would refuse makes the line corrupt, instead of failing the whole batch."""
-    version = event.entity_version
-    if version is None:
-        return
-    if event.entity_id is None:
-        raise InvalidEventError("entity_version", f"is {version} but the event has no entity_id")
-    if not 1 <= version <= 2**31 - 1:
-        raise InvalidEventError("entity_version", f"must be between 1 and {2**31 - 1}, got {version}")
 
 
 class JournalFileReader:
@@ -139,7 +127,7 @@ class JournalFileReader:
                 continue
             try:
                 event, payload_json = validate_event(event, self.max_payload_bytes)
-                _check_entity_version(event)
+                check_entity_version(event)
             except InvalidEventError as exc:
                 self._bad(number, str(exc))
                 continue

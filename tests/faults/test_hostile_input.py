@@ -610,9 +610,9 @@ async def _file_events(path: Path) -> list[EventEnvelope]:
         return [e async for e in reader.read_events()]
 
 
-async def _assert_strict_read(journal: FileEventJournal, path: Path, corrupt: list[int]) -> None:
+async def _assert_strict_read(journal: FileEventJournal, path: Path, corrupt: list[int], events: int = 4) -> None:
     if not corrupt:
-        assert len([e async for e in journal.read_events(skip_corrupted=False)]) >= 4
+        assert len([e async for e in journal.read_events(skip_corrupted=False)]) >= events
         return
     with pytest.raises(CorruptedEventError) as info:
         async for _ in journal.read_events(skip_corrupted=False):
@@ -672,6 +672,13 @@ def test_arbitrary_bytes_never_crash_reader_or_importer(stores: Stores, blob: by
     stores.run(_check_any_bytes(stores, blob))
 
 
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 HOSTILE_STORE_FIELDS = {
     "entity_version 2**40": {"entity_version": 2**40},
     "entity_version 2**100": {"entity_version": 2**100},
@@ -680,16 +687,27 @@ HOSTILE_STORE_FIELDS = {
     "entity_version without entity_id": {"entity_id": None, "entity_version": 3},
     "schema_version 2**40": {"schema_version": 2**40},
     "event_type empty": {"event_type": ""},
+    "event_type 256 characters": {"event_type": "t" * 256},
+    "actor_id 101 characters": {"actor_id": "a" * 101},
+    "idempotency_key empty": {"idempotency_key": ""},
+    "entity_id 256 characters": {"entity_id": "e" * 256},
     "actor_id with NUL": {"actor_id": "a\u0000b"},
+    "payload with NUL": {"payload": {"note": "a\u0000b"}},
+    "payload key with NUL": {"payload": {"a\u0000": 1}},
+    "payload nested 300 deep": {"payload": {"deep": nested(300)}},
+    "payload integer of 1000 digits": {"payload": {"big": 10**1000}},
+    "position -1": {"position": -1},
     "timestamp before year 1 in UTC": {"timestamp": "0001-01-01T00:00:00+01:00"},
+    "timestamp at the end of time": {"timestamp": "9999-12-31T23:59:59.999999Z"},
 }
 
 
 @pytest.mark.parametrize("changes", HOSTILE_STORE_FIELDS.values(), ids=HOSTILE_STORE_FIELDS.keys())
-async def test_importer_reports_well_formed_lines_postgres_would_refuse(tmp_path: Path, database_url: str,
-                                                                       changes: dict[str, Any]) -> None:
-    """Lines that decode as envelopes but break a rule (or a column's range) are corrupt lines of
-    the import, not a driver error that aborts it: the lines around them are still imported."""
+async def test_reader_and_importer_agree_on_well_formed_lines_postgres_would_refuse(
+        tmp_path: Path, database_url: str, changes: dict[str, Any]) -> None:
+    """Lines that decode as JSON but break a rule of the envelope (or a column's range) are corrupt
+    lines alike for the importer (not a driver error that aborts it), a reader and the writer: the
+    same rules, the lines around them read and imported."""
     before, after = fresh_events(2, "ok")
     hostile = EventEnvelope.new("test.hostile", {}, actor_id="tester", entity_id="acct-h")
     lines = valid_lines([before, hostile, after])
@@ -703,6 +721,12 @@ async def test_importer_reports_well_formed_lines_postgres_would_refuse(tmp_path
     async with PostgresEventJournal(database_url, pool_size=1) as pg:
         stored = [msgspec.structs.replace(e, position=None, entity_version=None) async for e in pg.read_events()]
     assert stored == [before, after]
+    for read_only in (True, False):
+        async with FileEventJournal(path, read_only=read_only) as journal:
+            read = [msgspec.structs.replace(e, position=None, entity_version=None) async for e in journal.read_events()]
+            assert read == [before, after]
+            assert journal.get_metrics()["corrupted_skipped"] == 1
+            await _assert_strict_read(journal, path, [2], events=2)
 
 
 def test_import_cli_reports_garbage_lines_without_a_traceback(tmp_path: Path, database_url: str) -> None:
