@@ -114,7 +114,7 @@ async def run(events: int, batch_size: int, folder: str) -> tuple[list[dict], di
           f"the file into rows), RSS growth import {import_rss:.0f} MiB, COPY {copy_rss:.0f} MiB", flush=True)
     rows_out = [
         compare(f"migrate_file_to_postgres (batch {batch_size})", import_rate, "COPY, rows prebuilt in memory",
-                copy_rate, "events/s", target=">= 0.7"),
+                copy_rate, "events/s", target=">= 0.8"),
         compare(f"migrate_file_to_postgres (batch {batch_size})", import_rate, "decode+validate file, then COPY",
                 with_build, "events/s"),
         compare("migrate_file_to_postgres peak RSS growth", import_rss, "decode all rows, then COPY", copy_rss, "MiB",

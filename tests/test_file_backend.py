@@ -230,3 +230,50 @@ async def test_retry_of_an_append_still_being_written_waits_for_its_outcome(tmp_
         assert flags == [[True], False, False]
         assert [unstamped(e) for e in await read_all(journal)] == [first]
         assert (await retries[2]).position == 1 and (await retries[2]).entity_version == 1
+
+
+class HeldFsync:
+    """``os.fdatasync`` whose first call waits for ``release``: appends wait on a write in flight."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        self.real = os.fdatasync
+
+    def __call__(self, fd: int) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.entered.set()
+            self.release.wait(30)
+        return self.real(fd)
+
+
+@pytest.mark.parametrize("fsync_on_loop", [False, True], ids=["fsync-thread", "fsync-on-loop"])
+async def test_a_cancelled_caller_fails_no_neighbour_and_its_staged_event_is_written_once(tmp_path, monkeypatch,
+                                                                                          fsync_on_loop):
+    """Callers waiting on the same write each wait on their own: cancelling one cancels only its
+    wait. Its event was staged with the others, so it is written with them; a retry is then a
+    duplicate, not a second copy."""
+    async with FileEventJournal(tmp_path / "credits.jsonl", fsync_on_loop=fsync_on_loop) as journal:
+        if not fsync_on_loop:
+            fsync = HeldFsync()
+            monkeypatch.setattr(os, "fdatasync", fsync)
+            first = asyncio.create_task(journal.append_event(event(entity_id="a")))
+            await asyncio.to_thread(fsync.entered.wait, 30)  # the first write is in flight: the next ones queue
+        neighbours = [event(entity_id="a") for _ in range(3)]
+        cancelled = event(entity_id="b")
+        tasks = [asyncio.create_task(journal.append_event(e)) for e in (neighbours[0], cancelled, *neighbours[1:])]
+        await asyncio.sleep(0)  # every task has staged its event and is waiting
+        tasks[1].cancel()
+        if not fsync_on_loop:
+            fsync.release.set()
+            assert await first is True
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[1]
+        assert [await t for t in (tasks[0], *tasks[2:])] == [True, True, True]
+        assert await journal.append_event(cancelled) is False  # written with its neighbours
+        stored = [unstamped(e) for e in await read_all(journal)]
+        assert stored[-4:] == [neighbours[0], cancelled, *neighbours[1:]]
+        assert stored.count(cancelled) == 1
+        assert await journal.append_event(event(entity_id="a"), expected_version=4 if not fsync_on_loop else 3) is True

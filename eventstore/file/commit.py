@@ -1,5 +1,11 @@
 """Group commit for the file journal: appends made while a flush is in flight are staged and go
-out together in the next ``write()`` and ``fdatasync``, so N concurrent appends cost one fsync."""
+out together in the next ``write()`` and ``fdatasync``, so N concurrent appends cost one fsync.
+
+The write runs in a helper thread (or on the loop, ``fsync_on_loop``) and hands its outcome back
+with one ``call_soon_threadsafe``: no task and no shield between the disk and the callers, so a
+lone append pays the thread hop and two loop turns, as a bare ``run_in_executor`` does, plus the
+turn that lets appends of the same turn join its write. Each caller waits on a future of its own:
+a cancelled caller cancels only that (its append, already staged, is still written)."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -57,9 +64,9 @@ class GroupCommit:
         self._lines: list[bytes] = []
         self._undo: list[_Staged | _StagedCheckpoint] = []
         self._checkpoints: dict[str, int] = {}  # staged, not yet durable: later appends check against them
-        self._done: asyncio.Future[None] | None = None
-        self._flush_task: asyncio.Task[None] | None = None
-        self._flush_scheduled = False
+        self._waiters: list[asyncio.Future[None]] = []  # the callers of the staged appends
+        self._writing = False  # a write is scheduled or in flight; staged appends follow it
+        self._idle: asyncio.Future[None] | None = None  # set when writing stops (drain)
 
     @property
     def staged(self) -> int:
@@ -119,61 +126,86 @@ class GroupCommit:
     async def commit(self) -> None:
         """Wait until everything staged so far is durable (or failed and undone)."""
         loop = asyncio.get_running_loop()
-        if self._done is None:
-            self._done = loop.create_future()
-        done = self._done
-        if self._flush_task is None and not self._flush_scheduled:
-            if self.fsync_on_loop:
-                # call_soon, so appends made in this loop iteration join the same write.
-                self._flush_scheduled = True
-                loop.call_soon(self._flush_on_loop)
-            else:
-                # A task, so appends made in this loop iteration join the same flush.
-                self._flush_task = loop.create_task(self._flusher())
-        await asyncio.shield(done)
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        if not self._writing:
+            self._writing = True
+            # call_soon, so appends made in this loop iteration join the same write.
+            loop.call_soon(self._flush_on_loop if self.fsync_on_loop else self._start_write, loop)
+        await waiter
 
     async def drain(self) -> None:
         """Wait for every staged append to be flushed. Bounded once nothing new is staged."""
-        while self._flush_task is not None or self._flush_scheduled:
-            if self._flush_task is not None:
-                await asyncio.shield(self._flush_task)
-            else:
-                await asyncio.sleep(0)
+        while self._writing:
+            if self._idle is None:
+                self._idle = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._idle)
 
-    def _take(self) -> tuple[list[bytes], list[_Staged | _StagedCheckpoint], asyncio.Future[None] | None]:
-        taken = self._lines, self._undo, self._done
-        self._lines, self._undo, self._done = [], [], None
+    def _take(self) -> tuple[list[bytes], list[_Staged | _StagedCheckpoint], list[asyncio.Future[None]]]:
+        taken = self._lines, self._undo, self._waiters
+        self._lines, self._undo, self._waiters = [], [], []
         return taken
 
-    def _flush_on_loop(self) -> None:
-        self._flush_scheduled = False
+    def _flush_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._lines:
+            self._nothing_to_write()
             return
-        lines, undo, done = self._take()
+        lines, undo, waiters = self._take()
         data = b"".join(lines)
         try:
             self._write_durably(data)
         except OSError as exc:
-            self._fail(undo, done, exc)
-            return
-        self._made_durable(undo, data, done)
-
-    async def _flusher(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._lines:
-                lines, undo, done = self._take()
-                data = b"".join(lines)
-                try:
-                    await loop.run_in_executor(self._executor, self._write_durably, data)
-                except OSError as exc:
-                    self._fail(undo, done, exc)
-                    continue
-                self._made_durable(undo, data, done)
+            self._fail(undo, waiters, exc)
+        else:
+            self._made_durable(undo, data, waiters)
         finally:
-            self._flush_task = None
+            self._stop_writing()
 
-    def _made_durable(self, flushed_lines: list[_Staged | _StagedCheckpoint], data: bytes, done: asyncio.Future[None] | None) -> None:
+    def _start_write(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._lines:
+            self._nothing_to_write()
+            return
+        lines, undo, waiters = self._take()
+        data = b"".join(lines)
+        self._executor.submit(self._write_in_thread, loop, data, undo, waiters)  # type: ignore[union-attr]
+
+    def _write_in_thread(self, loop: asyncio.AbstractEventLoop, data: bytes, *batch: Any) -> None:
+        error: BaseException | None = None
+        try:
+            self._write_durably(data)
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop: its callers must hear of it
+            error = exc
+        try:
+            loop.call_soon_threadsafe(self._written, data, error, *batch)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+    def _written(self, data: bytes, error: BaseException | None, undo: list[_Staged | _StagedCheckpoint],
+                 waiters: list[asyncio.Future[None]]) -> None:
+        if error is None:
+            self._made_durable(undo, data, waiters)
+        else:
+            self._fail(undo, waiters, error if isinstance(error, OSError) else OSError(0, repr(error)))
+        if self._lines:
+            self._start_write(asyncio.get_running_loop())  # staged meanwhile: write them now
+        else:
+            self._stop_writing()
+
+    def _nothing_to_write(self) -> None:
+        """Not reached from the journal (it commits only after staging); callers return at once."""
+        for waiter in self._take()[2]:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        self._writing = False
+        idle, self._idle = self._idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+
+    def _made_durable(self, flushed_lines: list[_Staged | _StagedCheckpoint], data: bytes,
+                      waiters: list[asyncio.Future[None]]) -> None:
         index = self.index
         events = 0
         position = index.position
@@ -189,8 +221,9 @@ class GroupCommit:
         self.flushes += 1
         self.flushed, flushed = asyncio.Event(), self.flushed
         flushed.set()  # wakes live subscribers
-        if done is not None and not done.done():
-            done.set_result(None)
+        for waiter in waiters:
+            if not waiter.done():  # not cancelled
+                waiter.set_result(None)
 
     def _write_durably(self, data: bytes) -> None:
         fd = self.fd
@@ -206,7 +239,7 @@ class GroupCommit:
                 view = view[written:]
             os.fdatasync(fd)
             self.marker.record(end, end)  # durable up to here: read-only readers may read it
-        except OSError:
+        except BaseException:
             # Cut off whatever part of the batch reached the file: the batch is all or nothing.
             try:
                 os.ftruncate(fd, durable_size)
@@ -214,11 +247,11 @@ class GroupCommit:
                 pass
             raise
 
-    def _fail(self, undo: list[_Staged | _StagedCheckpoint], done: asyncio.Future[None] | None, exc: OSError) -> None:
+    def _fail(self, undo: list[_Staged | _StagedCheckpoint], waiters: list[asyncio.Future[None]], exc: OSError) -> None:
         # Appends staged after the failed batch were checked against its events: undo them too.
         undo = undo + self._undo
-        later = self._done
-        self._lines, self._undo, self._done = [], [], None
+        waiters = waiters + self._waiters
+        self._lines, self._undo, self._waiters = [], [], []
         self._checkpoints.clear()  # every staged one failed
         index = self.index
         for staged in reversed(undo):
@@ -235,7 +268,6 @@ class GroupCommit:
         error = JournalWriteError(
             exc.errno or 0, f"could not write file journal {self.path}: {exc.strerror or exc}; nothing of this append was stored"
         )
-        for future in (done, later):
-            if future is not None and not future.done():
-                future.set_exception(error)
-                future.exception()  # mark retrieved: callers that were cancelled never will
+        for waiter in waiters:
+            if not waiter.done():  # not cancelled
+                waiter.set_exception(error)
