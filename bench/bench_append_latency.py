@@ -5,10 +5,11 @@ PostgreSQL: PostgresEventJournal.append_event vs a prepared asyncpg INSERT … O
 constraints and indexes, no triggers). File: FileEventJournal.append_event vs os.write +
 os.fdatasync of the same line, and the same write+fdatasync through a one-thread executor as
 the journal does it by default (the thread hop's cost); the journal with ``fsync_on_loop=True``
-(no hop) beside the inline write+fdatasync. The variants are interleaved event by event, the file
-ones in alternating order, so drift in the machine (WAL, page cache, neighbours) and whatever
-the previous step left running hit all of them alike. With ``eventsourcing`` installed,
-its PostgreSQL application recorder is measured too, as a peer.
+(no hop) beside the inline write+fdatasync. The variants of each backend are interleaved event
+by event (the file ones in alternating order, after the PostgreSQL ones, with no PostgreSQL
+journal open), so drift in the machine (WAL, page cache, neighbours) and whatever the previous
+step left running hit a journal and its bare write alike. With ``eventsourcing`` installed, its
+PostgreSQL application recorder is measured too, as a peer.
 """
 
 from __future__ import annotations
@@ -91,12 +92,14 @@ async def run(n: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         await inline_journal.initialize()
         stmt = await conn.prepare(BARE_INSERT)
         versions: dict[str, int] = {}
+        entity_versions = []
+        for e in events:
+            versions[e.entity_id] = versions.get(e.entity_id, 0) + 1
+            entity_versions.append(versions[e.entity_id])
         peer_ids: dict[str, Any] = {}
         clock = time.perf_counter
-        for i, event in enumerate(events):
+        for i, (event, version) in enumerate(zip(events, entity_versions, strict=True)):  # PostgreSQL
             keep = i >= WARMUP
-            version = versions[event.entity_id] = versions.get(event.entity_id, 0) + 1
-
             t0 = clock()
             await journal.append_event(event)
             t1 = clock()
@@ -105,6 +108,17 @@ async def run(n: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             if keep:
                 samples["pg"].append(t1 - t0)
                 samples["pg_bare"].append(t2 - t1)
+            if peer is not None:
+                originator = peer_ids.setdefault(event.entity_id, event.event_id)
+                t = clock()
+                peer[1](originator, version, ENCODER.encode(event.payload))
+                if keep:
+                    samples["peer"].append(clock() - t)
+        # The file side runs alone: the PostgreSQL journal's wake-up NOTIFY and pool tasks would run
+        # in the loop turns a file append awaits, where the bare write (which awaits nothing) is immune.
+        await journal.close()
+        for i, (event, version) in enumerate(zip(events, entity_versions, strict=True)):
+            keep = i >= WARMUP
             line = file_line(event, i + 1, version)
 
             async def journal_append(journal: FileEventJournal = file_journal, event: Any = event) -> None:
@@ -127,12 +141,6 @@ async def run(n: int, temp: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 await step()
                 if keep:
                     samples[name].append(clock() - t)
-            if peer is not None:
-                originator = peer_ids.setdefault(event.entity_id, event.event_id)
-                t = clock()
-                peer[1](originator, version, ENCODER.encode(event.payload))
-                if keep:
-                    samples["peer"].append(clock() - t)
     finally:
         await conn.close()
         await journal.close()

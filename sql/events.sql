@@ -1,5 +1,7 @@
 -- Appends and replay of credit_events. Positional parameters follow first appearance,
 -- which here is always the declared order (eventstore.postgres checks it on load).
+-- Event SELECTs return payload::text (jsonb's own text form, what the binary jsonb format
+-- carries too): the client decodes a whole page's payloads with one msgspec call.
 
 -- name: append_event(event_id, idempotency_key, event_type, schema_version, timestamp, actor_id, correlation_id, causation_id, payload, entity_id, expected_version)^
 -- One round trip in autocommit: credit_events_append (migration 0001) locks the entity, checks the version, and inserts ON CONFLICT (idempotency_key) DO NOTHING.
@@ -28,7 +30,7 @@ SELECT stored_position, stored_entity_version
 
 -- name: read_events_page(after, high_water, page_size)
 -- Keyset page on the primary key (idx_credit_events_sequence), a closed range (after, high_water] below the fence of subscriptions.sql: every row it can ever hold is already visible, so a follower paging by position never skips one. Never OFFSET: the millionth page costs what the first does.
-SELECT id, event_id, event_type, entity_id, payload, actor_id, correlation_id, causation_id,
+SELECT id, event_id, event_type, entity_id, payload::text AS payload, actor_id, correlation_id, causation_id,
        idempotency_key, schema_version, "timestamp", entity_version
   FROM credit_events
  WHERE id > :after

@@ -1,5 +1,7 @@
 -- Moving events between the file journal and credit_events (eventstore.migrate, eventstore.transfer).
 -- Positional parameters follow first appearance, which is always the declared order.
+-- Event SELECTs return payload::text (jsonb's own text form, what the binary jsonb format
+-- carries too): the client decodes a whole page's payloads with one msgspec call.
 
 -- name: try_import_lock()$
 -- One import at a time per database: a session-level advisory lock (its own class id, so it never meets an entity's append lock); it dies with the connection, also on SIGKILL.
@@ -62,7 +64,7 @@ SELECT idempotency_key
 
 -- name: events_by_keys(idempotency_keys)
 -- The stored rows of a batch of the file's events (verify): one probe of credit_events_idempotency_key_key per key.
-SELECT id, event_id, event_type, entity_id, payload, actor_id, correlation_id, causation_id,
+SELECT id, event_id, event_type, entity_id, payload::text AS payload, actor_id, correlation_id, causation_id,
        idempotency_key, schema_version, "timestamp", entity_version
   FROM credit_events
  WHERE idempotency_key = ANY(:idempotency_keys::varchar[]);

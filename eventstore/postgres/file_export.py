@@ -9,7 +9,7 @@ from typing import Any
 from ..envelope import ENCODER
 from ..jsonl import checkpoint_line
 from .queries import QUERIES
-from .rows import POSITION, row_to_event
+from .rows import POSITION, rows_to_events
 from .session import tool_session
 
 _EVERY = 2**63 - 1  # no high-water bound: the snapshot is the bound (stop writers: docs/migration.md)
@@ -36,7 +36,7 @@ async def export_to_file(database_url: str, target: str | os.PathLike[str], *, a
                 while True:
                     rows = await conn.fetch(QUERIES.read_events_page.sql, position, _EVERY, page_size)
                     if rows:
-                        out.write(b"".join(ENCODER.encode(row_to_event(row)) + b"\n" for row in rows))
+                        out.write(b"".join(ENCODER.encode(event) + b"\n" for event in rows_to_events(rows)))
                         written += len(rows)
                         position = rows[-1][POSITION]
                         if progress is not None:

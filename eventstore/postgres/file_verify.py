@@ -9,7 +9,7 @@ from typing import Any
 from ..envelope import EventEnvelope
 from .file_import import KEEP_CORRUPT, JournalFileReader
 from .queries import QUERIES
-from .rows import IDEMPOTENCY_KEY, POSITION, row_to_event
+from .rows import POSITION, rows_to_events
 from .session import tool_session
 
 EXAMPLES = 5
@@ -67,7 +67,7 @@ async def verify_file(source: str | os.PathLike[str], database_url: str, *, batc
     async with tool_session(database_url, schema, tool="verify", action="read credit_events", needs="eventstore_reader") as conn:
         for batch in reader.batches(batch_size):
             rows = await conn.fetch(QUERIES.events_by_keys.sql, [e.idempotency_key for _, e, _ in batch])
-            stored = {row[IDEMPOTENCY_KEY]: row_to_event(row) for row in rows}
+            stored = {event.idempotency_key: event for event in rows_to_events(rows)}
             for number, event, _ in batch:
                 found = stored.get(event.idempotency_key)
                 if found is None:

@@ -26,7 +26,7 @@ from .notifier import Notifier
 from .queries import QUERIES
 from .query_plan import ENTITY_SQL, MAX_VERSION, READ_PAGE_SQL, query_plan
 from .replicas import Replicas, split_replica_urls
-from .rows import ENTITY_VERSION, POSITION, batch_params, event_params, row_to_event
+from .rows import ENTITY_VERSION, POSITION, batch_params, event_params, rows_to_events
 from .schema import check_schema_name, require_current_schema
 from .subscribe import follow
 
@@ -269,8 +269,8 @@ class PostgresEventJournal(BaseEventJournal):
                 pending = None
                 if len(rows) == page_size:
                     pending = asyncio.ensure_future(fetch(READ_PAGE_SQL, rows[-1][POSITION], high_water, page_size))
-                for row in rows:
-                    yield row_to_event(row)
+                for event in rows_to_events(rows):
+                    yield event
         finally:
             if pending is not None:
                 pending.cancel()
@@ -289,8 +289,8 @@ class PostgresEventJournal(BaseEventJournal):
         while remaining is None or remaining > 0:
             page_size = self.page_size if remaining is None else min(self.page_size, remaining)
             rows = await fetch(sql, *head, low, high, page_size)
-            for row in rows:
-                yield row_to_event(row)
+            for event in rows_to_events(rows):
+                yield event
             if len(rows) < page_size:
                 return
             if read.backwards:
@@ -308,8 +308,8 @@ class PostgresEventJournal(BaseEventJournal):
         while position < high_water and (remaining is None or remaining > 0):
             page_size = self.page_size if remaining is None else min(self.page_size, remaining)
             rows = await fetch(sql, *head, position, high_water, *tail, page_size)
-            for row in rows:
-                yield row_to_event(row)
+            for event in rows_to_events(rows):
+                yield event
             if len(rows) < page_size:
                 return
             position = rows[-1][POSITION]

@@ -8,16 +8,28 @@ from datetime import UTC
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from ..envelope import PAYLOAD_DECODER, EventEnvelope
 
 # Column order of every event SELECT in sql/*.sql:
-#   id, event_id, event_type, entity_id, payload, actor_id, correlation_id, causation_id,
+#   id, event_id, event_type, entity_id, payload (as text), actor_id, correlation_id, causation_id,
 #   idempotency_key, schema_version, "timestamp", entity_version
-POSITION, IDEMPOTENCY_KEY, ENTITY_VERSION = 0, 8, 11
+POSITION, PAYLOAD, ENTITY_VERSION = 0, 4, 11
+
+#: A page's payloads, joined into one JSON array: one decoder call per page, not one per row.
+_PAGE_PAYLOADS = msgspec.json.Decoder(list[dict[str, Any]])
 
 
-def row_to_event(row: asyncpg.Record) -> EventEnvelope:
+def rows_to_events(rows: list[asyncpg.Record]) -> list[EventEnvelope]:
+    """A page of event rows, their payloads decoded in one msgspec call."""
+    if not rows:
+        return []
+    payloads = _PAGE_PAYLOADS.decode("[" + ",".join([row[PAYLOAD] for row in rows]) + "]")
+    return [_event(row, payload) for row, payload in zip(rows, payloads, strict=True)]
+
+
+def _event(row: asyncpg.Record, payload: dict[str, Any]) -> EventEnvelope:
     timestamp = row[10]
     if timestamp.tzinfo is None:
         # asyncpg sends datetime.min/max in UTC as -infinity/infinity and decodes those back as
@@ -28,7 +40,7 @@ def row_to_event(row: asyncpg.Record) -> EventEnvelope:
         event_id=row[1],
         event_type=row[2],
         entity_id=row[3],
-        payload=row[4],
+        payload=payload,
         actor_id=row[5],
         correlation_id=row[6],
         causation_id=row[7],
@@ -70,5 +82,7 @@ def _encode_jsonb(data: bytes) -> bytes:
 
 
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """Binary jsonb through msgspec, on every connection (pooled, dedicated, tools)."""
+    """Binary jsonb through msgspec, on every connection (pooled, dedicated, tools): payloads go
+    out as msgspec encoded them; snapshot states come back decoded. Event SELECTs take the payload
+    as text instead, for :func:`rows_to_events`."""
     await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary")

@@ -23,7 +23,7 @@ from .fence import take_fence
 from .notifier import channel
 from .queries import QUERIES
 from .replicas import Replicas
-from .rows import row_to_event
+from .rows import rows_to_events
 
 log = logging.getLogger("eventstore.subscriptions")
 
@@ -48,9 +48,9 @@ async def follow(connections: Connections, after: int, page_size: int, replicas:
                 fetch = conn.fetch if replicas is None else functools.partial(replicas.fetch, wal)
                 while cursor < high_water:
                     rows = await fetch(_PAGE_SQL, cursor, high_water, page_size)
-                    for row in rows:
-                        cursor = row[0]
-                        yield row_to_event(row)
+                    for event in rows_to_events(rows):
+                        cursor = event.position  # type: ignore[assignment]  # a stored event's
+                        yield event
                     if len(rows) < page_size:
                         cursor = high_water  # the rest of the range are burned ids (ON CONFLICT)
             except asyncpg.InsufficientPrivilegeError as exc:
