@@ -41,7 +41,7 @@ test: venv postgres
 test-long: venv postgres
 	$(BIN)/pytest -q -m long
 
-# Full run (about 8 min; 7.7 measured 2026-12-04): results in bench/results/, docs/benchmarks.md and charts regenerated.
+# Full run (about 8 min; 7.7–7.8 measured 2026-12-04): results in bench/results/, docs/benchmarks.md and charts regenerated.
 bench: venv postgres
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/run_all.py
