@@ -49,7 +49,7 @@ async def follow(connections: Connections, after: int, page_size: int, replicas:
                 while cursor < high_water:
                     rows = await fetch(_PAGE_SQL, cursor, high_water, page_size)
                     for event in rows_to_events(rows):
-                        cursor = event.position  # type: ignore[assignment]  # a stored event's
+                        cursor = event.position  # type: ignore[assignment]  # a stored event has one
                         yield event
                     if len(rows) < page_size:
                         cursor = high_water  # the rest of the range are burned ids (ON CONFLICT)
