@@ -165,11 +165,13 @@ async def test_failed_write_stores_nothing_and_journal_stays_usable(tmp_path):
         assert [e.entity_version for e in await read_all(journal)] == [1, 2]
 
 
-class FailingFsync:
-    """``os.fdatasync`` whose first call waits for ``release`` and then fails with EIO: a write
-    that reached the file but never became durable (the writer then cuts it off again)."""
+class HeldFsync:
+    """``os.fdatasync`` whose first call waits for ``release``, so appends queue behind a write in
+    flight; with ``fail``, that call then fails with EIO: a write that reached the file but never
+    became durable (the writer then cuts it off again)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
         self.entered = threading.Event()
         self.release = threading.Event()
         self.calls = 0
@@ -177,11 +179,12 @@ class FailingFsync:
 
     def __call__(self, fd: int) -> None:
         self.calls += 1
-        if self.calls > 1:
-            return self.real(fd)
-        self.entered.set()
-        self.release.wait(30)
-        raise OSError(errno.EIO, "injected I/O error")
+        if self.calls == 1:
+            self.entered.set()
+            self.release.wait(30)
+            if self.fail:
+                raise OSError(errno.EIO, "injected I/O error")
+        return self.real(fd)
 
 
 async def test_read_only_reader_never_sees_lines_before_they_are_durable(tmp_path, monkeypatch):
@@ -190,7 +193,7 @@ async def test_read_only_reader_never_sees_lines_before_they_are_durable(tmp_pat
     path = tmp_path / "credits.jsonl"
     async with FileEventJournal(path) as writer, FileEventJournal(path, read_only=True) as reader:
         await writer.append_event(event(payload={"n": 1}))
-        fsync = FailingFsync()
+        fsync = HeldFsync(fail=True)
         monkeypatch.setattr(os, "fdatasync", fsync)
         phantom = asyncio.create_task(writer.append_event(event(payload={"phantom": True})))
         await asyncio.to_thread(fsync.entered.wait, 30)
@@ -209,7 +212,7 @@ async def test_retry_of_an_append_still_being_written_waits_for_its_outcome(tmp_
     """A retry whose key is staged but not durable does not answer "already stored" at once: if
     the first attempt's write fails, the retry stores the event (PostgreSQL waits the same way)."""
     async with FileEventJournal(tmp_path / "credits.jsonl") as journal:
-        fsync = FailingFsync()
+        fsync = HeldFsync(fail=True)
         monkeypatch.setattr(os, "fdatasync", fsync)
         first, loose = event(entity_id="a"), event()  # loose: no entity
         attempt = asyncio.create_task(journal.append_events([first, loose]))
@@ -230,23 +233,6 @@ async def test_retry_of_an_append_still_being_written_waits_for_its_outcome(tmp_
         assert flags == [[True], False, False]
         assert [unstamped(e) for e in await read_all(journal)] == [first]
         assert (await retries[2]).position == 1 and (await retries[2]).entity_version == 1
-
-
-class HeldFsync:
-    """``os.fdatasync`` whose first call waits for ``release``: appends wait on a write in flight."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.calls = 0
-        self.real = os.fdatasync
-
-    def __call__(self, fd: int) -> None:
-        self.calls += 1
-        if self.calls == 1:
-            self.entered.set()
-            self.release.wait(30)
-        return self.real(fd)
 
 
 @pytest.mark.parametrize("fsync_on_loop", [False, True], ids=["fsync-thread", "fsync-on-loop"])

@@ -124,7 +124,8 @@ class GroupCommit:
         self._undo.append(_StagedCheckpoint(name, position))
 
     async def commit(self) -> None:
-        """Wait until everything staged so far is durable (or failed and undone)."""
+        """Wait until everything staged so far is durable (or failed and undone). Called only
+        after staging something, so a write always has lines."""
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiters.append(waiter)
@@ -147,9 +148,6 @@ class GroupCommit:
         return taken
 
     def _flush_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._lines:
-            self._nothing_to_write()
-            return
         lines, undo, waiters = self._take()
         data = b"".join(lines)
         try:
@@ -162,9 +160,6 @@ class GroupCommit:
             self._stop_writing()
 
     def _start_write(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._lines:
-            self._nothing_to_write()
-            return
         lines, undo, waiters = self._take()
         data = b"".join(lines)
         self._executor.submit(self._write_in_thread, loop, data, undo, waiters)  # type: ignore[union-attr]
@@ -190,13 +185,6 @@ class GroupCommit:
             self._start_write(asyncio.get_running_loop())  # staged meanwhile: write them now
         else:
             self._stop_writing()
-
-    def _nothing_to_write(self) -> None:
-        """Not reached from the journal (it commits only after staging); callers return at once."""
-        for waiter in self._take()[2]:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._stop_writing()
 
     def _stop_writing(self) -> None:
         self._writing = False

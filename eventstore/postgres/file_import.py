@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncpg
 
-from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, EventEnvelope, check_entity_version, validate_event
+from ..envelope import DEFAULT_MAX_PAYLOAD_BYTES, EventEnvelope, validate_event
 from ..errors import CorruptedEventError, EventStoreError, InvalidEventError
 from ..jsonl import LineCursor, LineDecoder, durable_size
 from ..key_hashes import KeyHashes
@@ -127,7 +127,6 @@ class JournalFileReader:
                 continue
             try:
                 event, payload_json = validate_event(event, self.max_payload_bytes)
-                check_entity_version(event)
             except InvalidEventError as exc:
                 self._bad(number, str(exc))
                 continue
