@@ -4,12 +4,13 @@
 
 Writes N events to a JSONL file (lines as FileEventJournal writes them, ~1/10 without an entity),
 creates a scratch database es_bench_import_<pid> with the schema, imports the file into
-credit_events (all indexes, triggers, per-entity locks), then COPYs the same rows with asyncpg's
+credit_events (all indexes, triggers, per-entity locks), and COPYs the same rows with asyncpg's
 copy_records_to_table into a bare copy of the table (CREATE TABLE … (LIKE credit_events INCLUDING
-ALL): same indexes, no triggers). Prints events/s of both, the ratio (also against COPY plus the
-decoding and validation the import does), and the peak RSS growth of the import vs that of building
-the COPY rows and copying them (VmHWM reset before each). Both start after a CHECKPOINT. Drops the
-scratch database at the end.
+ALL): same indexes, no triggers). Two rounds, each in a fresh database, the import first in one and
+the COPY first in the other; each side starts after a CHECKPOINT. Prints events/s of both over the
+rounds, the ratio (also against COPY plus the decoding and validation the import does), and the
+peak RSS growth of the import vs that of building the COPY rows and copying them (VmHWM reset
+before each). Drops the scratch databases.
 """
 
 from __future__ import annotations
@@ -74,44 +75,63 @@ def records(path: Path) -> list[tuple]:
     return rows
 
 
-async def run(events: int, batch_size: int, folder: str) -> tuple[list[dict], dict]:
+async def _import(path: Path, db: str, batch_size: int, events: int) -> tuple[float, float]:
+    rss0 = reset_peak_rss()
+    started = time.perf_counter()
+    inserted = await migrate_file_to_postgres(path, url(db), batch_size=batch_size)
+    seconds = time.perf_counter() - started
+    assert inserted == events, inserted
+    return seconds, (peak_rss_kib() - rss0) / 1024
+
+
+async def _copy(path: Path, conn: asyncpg.Connection) -> tuple[float, float, float]:
+    rss0 = reset_peak_rss()
+    started = time.perf_counter()
+    rows = records(path)
+    build_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    await conn.copy_records_to_table("bench_copy", records=rows, columns=COLUMNS)
+    return time.perf_counter() - started, build_seconds, (peak_rss_kib() - rss0) / 1024
+
+
+async def run(events: int, batch_size: int, folder: str, rounds: int = 2) -> tuple[list[dict], dict]:
     path = Path(folder) / "credits.jsonl"
     started = time.perf_counter()
     generate(path, events)
     print(f"  generated {events:,} events ({path.stat().st_size / 2**20:.1f} MiB) in "
           f"{time.perf_counter() - started:.1f}s", flush=True)
-    db = await create_db("import")
-    try:
-        conn = await asyncpg.connect(url(db))
-        await init_connection(conn)
-        await conn.execute("CREATE TABLE bench_copy (LIKE credit_events INCLUDING ALL)")
-        await conn.execute("CHECKPOINT")
+    seconds = {"import": 0.0, "copy": 0.0, "build_rows": 0.0}
+    import_rss = copy_rss = 0.0
+    for round_number in range(rounds):
+        # A fresh database per round; the two sides take turns going first (the second one meets
+        # the first one's dirty pages and WAL).
+        db = await create_db("import")
+        try:
+            conn = await asyncpg.connect(url(db))
+            await init_connection(conn)
+            await conn.execute("CREATE TABLE bench_copy (LIKE credit_events INCLUDING ALL)")
+            for side in ("import", "copy") if round_number % 2 == 0 else ("copy", "import"):
+                await conn.execute("CHECKPOINT")
+                if side == "import":
+                    took, rss = await _import(path, db, batch_size, events)
+                    seconds["import"] += took
+                    import_rss = max(import_rss, rss)
+                else:
+                    took, build, rss = await _copy(path, conn)
+                    seconds["copy"] += took
+                    seconds["build_rows"] += build
+                    copy_rss = max(copy_rss, rss)
+                print(f"  round {round_number + 1}: {side} {took:.1f}s", flush=True)
+            await conn.close()
+        finally:
+            await drop_db(db)
 
-        rss0 = reset_peak_rss()
-        started = time.perf_counter()
-        inserted = await migrate_file_to_postgres(path, url(db), batch_size=batch_size)
-        import_seconds = time.perf_counter() - started
-        import_rss = (peak_rss_kib() - rss0) / 1024
-        assert inserted == events, inserted
-
-        await conn.execute("CHECKPOINT")
-        rss0 = reset_peak_rss()
-        started = time.perf_counter()
-        rows = records(path)
-        build_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        await conn.copy_records_to_table("bench_copy", records=rows, columns=COLUMNS)
-        copy_seconds = time.perf_counter() - started
-        copy_rss = (peak_rss_kib() - rss0) / 1024
-        del rows
-        await conn.close()
-    finally:
-        await drop_db(db)
-
-    import_rate, copy_rate = events / import_seconds, events / copy_seconds
-    with_build = events / (copy_seconds + build_seconds)
-    print(f"  import {import_seconds:.1f}s, COPY {copy_seconds:.1f}s (+{build_seconds:.1f}s decoding and validating "
-          f"the file into rows), RSS growth import {import_rss:.0f} MiB, COPY {copy_rss:.0f} MiB", flush=True)
+    total = events * rounds
+    import_rate, copy_rate = total / seconds["import"], total / seconds["copy"]
+    with_build = total / (seconds["copy"] + seconds["build_rows"])
+    print(f"  import {seconds['import']:.1f}s, COPY {seconds['copy']:.1f}s (+{seconds['build_rows']:.1f}s decoding and "
+          f"validating the file into rows), {rounds} rounds; peak RSS growth import {import_rss:.0f} MiB, "
+          f"COPY {copy_rss:.0f} MiB", flush=True)
     rows_out = [
         compare(f"migrate_file_to_postgres (batch {batch_size})", import_rate, "COPY, rows prebuilt in memory",
                 copy_rate, "events/s", target=">= 0.8"),
@@ -120,8 +140,7 @@ async def run(events: int, batch_size: int, folder: str) -> tuple[list[dict], di
         compare("migrate_file_to_postgres peak RSS growth", import_rss, "decode all rows, then COPY", copy_rss, "MiB",
                 lower_is_better=True),
     ]
-    return rows_out, {"seconds": {"import": import_seconds, "copy": copy_seconds, "build_rows": build_seconds},
-                      "rss_growth_mib": {"import": import_rss, "copy": copy_rss},
+    return rows_out, {"seconds": seconds, "rounds": rounds, "rss_growth_mib": {"import": import_rss, "copy": copy_rss},
                       "file_mib": path.stat().st_size / 2**20}
 
 

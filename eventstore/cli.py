@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = commands.add_parser("import", help="copy a JSONL journal into PostgreSQL (safe to re-run)")
     imp.add_argument("file", metavar="FILE.jsonl")
-    imp.add_argument("--batch-size", type=_positive_int, default=1000, help="events per statement (default 1000)")
+    imp.add_argument("--batch-size", type=_positive_int, default=1000, help="events per transaction (default 1000)")
     imp.add_argument("--dry-run", action="store_true", help="validate and count; write nothing")
     imp.add_argument("--json", action="store_true", help="one JSON object instead of text")
     _add_database_flags(imp)

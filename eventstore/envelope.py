@@ -254,14 +254,7 @@ def validate_event(event: object, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_B
     if not isinstance(payload, dict):
         raise InvalidEventError("payload", f"must be a JSON object (dict), got {type(payload).__name__}")
     check_payload_values(payload)
-    try:
-        payload_json = ENCODER.encode(payload)
-    except (TypeError, ValueError, OverflowError) as exc:  # pragma: no cover - the walk catches these first
-        raise InvalidEventError("payload", f"cannot be encoded as JSON: {exc}") from None
-    if len(payload_json) > max_payload_bytes:
-        raise InvalidEventError(
-            "payload", f"{len(payload_json)} bytes of JSON exceeds max_payload_bytes={max_payload_bytes}"
-        )
+    payload_json = encode_payload(payload, max_payload_bytes)
     utc = timestamp
     if timestamp.tzinfo is not UTC:
         try:
@@ -274,6 +267,20 @@ def validate_event(event: object, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_B
             "timestamp", f"{utc.isoformat()} is reserved: PostgreSQL's driver stores it as -infinity/infinity"
         )
     return event, payload_json
+
+
+def encode_payload(payload: dict[str, Any], max_payload_bytes: int) -> bytes:
+    """The payload's JSON, encoded once, within ``max_payload_bytes``: the last rule of
+    :func:`validate_event`, and all that is left of it for an event :func:`check_decoded` passed."""
+    try:
+        payload_json = ENCODER.encode(payload)
+    except (TypeError, ValueError, OverflowError) as exc:  # pragma: no cover - the walk catches these first
+        raise InvalidEventError("payload", f"cannot be encoded as JSON: {exc}") from None
+    if len(payload_json) > max_payload_bytes:
+        raise InvalidEventError(
+            "payload", f"{len(payload_json)} bytes of JSON exceeds max_payload_bytes={max_payload_bytes}"
+        )
+    return payload_json
 
 
 def check_entity_version(event: EventEnvelope) -> None:

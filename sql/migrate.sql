@@ -11,8 +11,12 @@ SELECT pg_try_advisory_lock(1701147248, 0);
 -- Released explicitly when the import ends normally; a killed import releases it by disconnecting.
 SELECT pg_advisory_unlock(1701147248, 0);
 
+-- name: lock_import_entities(entity_ids)
+-- The first statement of an import batch's transaction, before its COPY into credit_events (the one statement the client library writes: COPY credit_events (event_id, …, entity_version) FROM STDIN (FORMAT binary), ids drawn in file order): the batch's entities locked by credit_events_lock_entities, the one lock step of every write path, so a live append to one of them waits and then numbers after the imported versions.
+SELECT credit_events_lock_entities(:entity_ids::text[]);
+
 -- name: import_batch(event_ids, idempotency_keys, event_types, schema_versions, timestamps, actor_ids, correlation_ids, causation_ids, payloads, entity_ids, entity_versions)
--- One statement per batch, so one round trip and atomic in autocommit. The batch's entities are locked first by credit_events_lock_entities (migration 0008), the one lock step of every write path, so a live append to one of them waits and then numbers after the imported versions, and an import and a live batch never deadlock. The file's entity_version is inserted as is: credit_events_entity_version_key then refuses a version taken by another event. Ids are drawn in file order (ORDER BY ord below the insert). Keys already stored are left out by an anti-join, cheaper than ON CONFLICT's speculative insertion; a key committed by someone else meanwhile raises a unique violation and the batch is redone with import_batch_on_conflict.
+-- The import of a batch whose COPY met a key already stored (a re-run, or an event written since): one statement, so one round trip and atomic in autocommit. The batch's entities are locked first by credit_events_lock_entities (migration 0008), the one lock step of every write path, so a live append to one of them waits and then numbers after the imported versions, and an import and a live batch never deadlock. The file's entity_version is inserted as is: credit_events_entity_version_key then refuses a version taken by another event. Ids are drawn in file order (ORDER BY ord below the insert). Keys already stored are left out by an anti-join, cheaper than ON CONFLICT's speculative insertion; a key committed by someone else meanwhile raises a unique violation and the batch is redone with import_batch_on_conflict.
 WITH batch AS (
     SELECT *
       FROM unnest(:event_ids::uuid[], :idempotency_keys::varchar[], :event_types::varchar[], :schema_versions::int[],

@@ -83,18 +83,20 @@ async def test_new_migrations_go_down_and_up_again_with_events_kept(database_url
         await journal.append_many([event(entity_id="acct-1") for _ in range(5)], checkpoint=("relay", 10))
         before = await read_all(journal)
     assert roll_back_to(database_url, "0004_roles") == [
-        "0012_set_based_batch_append", "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions", "0007_fence_waits_for_writers", "0006_checkpoints",
+        "0013_set_based_entity_locks", "0012_set_based_batch_append", "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions", "0007_fence_waits_for_writers", "0006_checkpoints",
         "0005_event_type_255"]
     assert [s.migration_id for s in schema_status(database_url) if not s.applied] == [
         "0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers", "0008_hardened_functions",
-        "0009_keyset_indexes", "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append"]
+        "0009_keyset_indexes", "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
+        "0013_set_based_entity_locks"]
     assert sql(database_url, "SELECT to_regclass('credit_checkpoints') IS NULL") is True
     with pytest.raises(EventStoreError, match="eventstore schema upgrade"):
         await PostgresEventJournal(database_url, pool_size=1).initialize()
 
     assert upgrade_schema(database_url) == ["0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers",
                                             "0008_hardened_functions", "0009_keyset_indexes",
-                                            "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append"]
+                                            "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
+        "0013_set_based_entity_locks"]
     async with PostgresEventJournal(database_url, pool_size=1) as journal:
         assert await read_all(journal) == before  # the events did not move
         assert await journal.checkpoint("relay") is None  # consumers' progress went with the table
@@ -111,13 +113,15 @@ async def test_0005_rollback_refuses_while_a_longer_type_is_stored(database_url)
     # 0009 to 0006 went down in their own transactions; 0005 stayed, with the event.
     assert [s.migration_id for s in schema_status(database_url) if not s.applied] == [
         "0006_checkpoints", "0007_fence_waits_for_writers", "0008_hardened_functions", "0009_keyset_indexes",
-        "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append"]
+        "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
+        "0013_set_based_entity_locks"]
     assert sql(database_url, "SELECT event_type FROM credit_events") == LONG_TYPE
     assert sql(database_url, "SELECT character_maximum_length FROM information_schema.columns "
                              "WHERE table_name = 'credit_events' AND column_name = 'event_type'") == 255
     assert upgrade_schema(database_url) == ["0006_checkpoints", "0007_fence_waits_for_writers",
                                             "0008_hardened_functions", "0009_keyset_indexes",
-                                            "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append"]
+                                            "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
+        "0013_set_based_entity_locks"]
 
 
 async def test_writer_and_reader_roles_get_checkpoint_privileges(database_url):
@@ -172,7 +176,7 @@ async def test_0008_to_0010_go_down_and_up_again_on_a_table_with_data(database_u
     assert hardening(database_url) == AT_HEAD
 
     assert roll_back_to(database_url, "0007_fence_waits_for_writers") == [
-        "0012_set_based_batch_append", "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions"]
+        "0013_set_based_entity_locks", "0012_set_based_batch_append", "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions"]
     assert hardening(database_url) == BEFORE_0008
     # An interrupted build of 0009 leaves an INVALID index under the new name (here: a unique
     # build that fails on duplicates); running the migration again replaces it.
@@ -181,7 +185,8 @@ async def test_0008_to_0010_go_down_and_up_again_on_a_table_with_data(database_u
     assert sql(database_url, "SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_credit_events_type_id'::regclass") is False
 
     assert upgrade_schema(database_url) == ["0008_hardened_functions", "0009_keyset_indexes",
-                                            "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append"]
+                                            "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
+        "0013_set_based_entity_locks"]
     assert hardening(database_url) == AT_HEAD
     assert sql(database_url, "SELECT pg_get_indexdef('idx_credit_events_type_id'::regclass)").endswith("(event_type, id)")
     async with PostgresEventJournal(database_url, pool_size=1) as journal:

@@ -153,6 +153,29 @@ async def test_an_import_batch_and_a_live_batch_sharing_entities_never_deadlock(
     assert {(low, 100), (high, 100), (high, 1)} <= versions and len(versions) == 5
 
 
+async def test_a_batch_lock_step_holds_each_distinct_entity_once_and_skips_none(database_url):
+    """Migration 0013 locks a batch's entities in one statement: every distinct entity, nulls
+    skipped, repeats taken once, until the transaction ends."""
+    conn = await connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT credit_events_lock_entities($1::text[])",
+                               ["acct-b", "acct-a", None, "acct-b", "acct-c"])
+            held = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted")
+            keys = await conn.fetchval(
+                "SELECT array_agg(hashtextextended(e, 'credit_events'::regclass::oid::bigint))"
+                " FROM unnest(ARRAY['acct-a', 'acct-b', 'acct-c']) AS e")
+            locked = await conn.fetchval(
+                "SELECT array_agg((classid::bigint << 32) | objid::bigint) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+        assert held == 3
+        assert sorted(keys) == sorted(locked)
+        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()") == 0
+    finally:
+        await conn.close()
+
+
 async def hashtext_collision(url: str) -> tuple[str, str]:
     conn = await connect(url)
     try:
@@ -323,6 +346,7 @@ async def test_entity_locks_are_taken_in_one_place(database_url):
     assert [r["proname"] for r in lockers] == ["credit_events_lock_entities"]
     sql_dir = Path(__file__).resolve().parents[1] / "sql"
     assert [p.name for p in sql_dir.glob("*.sql") if "pg_advisory_xact_lock" in p.read_text()] == []
+    assert "credit_events_lock_entities" in QUERIES.lock_import_entities.sql
     assert "credit_events_lock_entities" in QUERIES.import_batch.sql
     assert "credit_events_lock_entities" in QUERIES.import_batch_on_conflict.sql
 

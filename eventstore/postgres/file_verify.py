@@ -65,7 +65,7 @@ async def verify_file(source: str | os.PathLike[str], database_url: str, *, batc
     reader = JournalFileReader(source)
     result = VerifyResult()
     async with tool_session(database_url, schema, tool="verify", action="read credit_events", needs="eventstore_reader") as conn:
-        for batch in reader.batches(batch_size):
+        async for batch in reader.batches(batch_size):
             rows = await conn.fetch(QUERIES.events_by_keys.sql, [e.idempotency_key for _, e, _ in batch])
             stored = {event.idempotency_key: event for event in rows_to_events(rows)}
             for number, event, _ in batch:

@@ -70,6 +70,20 @@ def batch_params(events: Sequence[EventEnvelope], payloads: Sequence[bytes], las
     )
 
 
+#: The columns ``eventstore import`` COPYs into credit_events, in the order of :func:`import_rows`.
+IMPORT_COLUMNS = ("event_id", "idempotency_key", "event_type", "schema_version", "timestamp", "actor_id",
+                  "correlation_id", "causation_id", "payload", "entity_id", "entity_version")
+
+
+def import_rows(events: Sequence[EventEnvelope], payloads: Sequence[bytes]) -> list[tuple[Any, ...]]:
+    """COPY rows of the file's events (:data:`IMPORT_COLUMNS`), each with its file version."""
+    return [
+        (e.event_id, e.idempotency_key, e.event_type, e.schema_version, e.timestamp, e.actor_id,
+         e.correlation_id, e.causation_id, payload, e.entity_id, e.entity_version)
+        for e, payload in zip(events, payloads, strict=True)
+    ]
+
+
 def _decode_jsonb(data: bytes) -> Any:
     # Byte 0 is the jsonb format version. Slicing copies, which beats a memoryview for the
     # small payloads events carry; big ones are decoded in place.
