@@ -10,5 +10,6 @@ SELECT high_water, marker FROM credit_events_fence_mark(:after);
 SELECT credit_events_fence_wait(:marker, :wait_ms);
 
 -- name: notify_appended(channel)
--- Sent after the append committed, outside its transaction (NOTIFY at commit would take a database-wide lock); listeners only wake up and read.
-SELECT pg_notify(:channel, '');
+-- Sent after the append committed, outside its transaction (NOTIFY at commit would take a database-wide lock); listeners only wake up and read. A NOTIFY's transaction takes an xid, so its commit would wait for a WAL flush while it holds that lock: a wake-up is worth no flush (set_config local to this statement's transaction; one lost in a crash costs a subscriber its fallback poll).
+SELECT pg_notify(:channel, '')
+  FROM set_config('synchronous_commit', 'off', true);

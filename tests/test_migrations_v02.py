@@ -83,12 +83,12 @@ async def test_new_migrations_go_down_and_up_again_with_events_kept(database_url
         await journal.append_many([event(entity_id="acct-1") for _ in range(5)], checkpoint=("relay", 10))
         before = await read_all(journal)
     assert roll_back_to(database_url, "0004_roles") == [
-        "0013_set_based_entity_locks", "0012_set_based_batch_append", "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions", "0007_fence_waits_for_writers", "0006_checkpoints",
+        "0014_single_statement_append", "0013_set_based_entity_locks", "0012_set_based_batch_append", "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions", "0007_fence_waits_for_writers", "0006_checkpoints",
         "0005_event_type_255"]
     assert [s.migration_id for s in schema_status(database_url) if not s.applied] == [
         "0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers", "0008_hardened_functions",
         "0009_keyset_indexes", "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
-        "0013_set_based_entity_locks"]
+        "0013_set_based_entity_locks", "0014_single_statement_append"]
     assert sql(database_url, "SELECT to_regclass('credit_checkpoints') IS NULL") is True
     with pytest.raises(EventStoreError, match="eventstore schema upgrade"):
         await PostgresEventJournal(database_url, pool_size=1).initialize()
@@ -96,7 +96,7 @@ async def test_new_migrations_go_down_and_up_again_with_events_kept(database_url
     assert upgrade_schema(database_url) == ["0005_event_type_255", "0006_checkpoints", "0007_fence_waits_for_writers",
                                             "0008_hardened_functions", "0009_keyset_indexes",
                                             "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
-        "0013_set_based_entity_locks"]
+        "0013_set_based_entity_locks", "0014_single_statement_append"]
     async with PostgresEventJournal(database_url, pool_size=1) as journal:
         assert await read_all(journal) == before  # the events did not move
         assert await journal.checkpoint("relay") is None  # consumers' progress went with the table
@@ -114,14 +114,14 @@ async def test_0005_rollback_refuses_while_a_longer_type_is_stored(database_url)
     assert [s.migration_id for s in schema_status(database_url) if not s.applied] == [
         "0006_checkpoints", "0007_fence_waits_for_writers", "0008_hardened_functions", "0009_keyset_indexes",
         "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
-        "0013_set_based_entity_locks"]
+        "0013_set_based_entity_locks", "0014_single_statement_append"]
     assert sql(database_url, "SELECT event_type FROM credit_events") == LONG_TYPE
     assert sql(database_url, "SELECT character_maximum_length FROM information_schema.columns "
                              "WHERE table_name = 'credit_events' AND column_name = 'event_type'") == 255
     assert upgrade_schema(database_url) == ["0006_checkpoints", "0007_fence_waits_for_writers",
                                             "0008_hardened_functions", "0009_keyset_indexes",
                                             "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
-        "0013_set_based_entity_locks"]
+        "0013_set_based_entity_locks", "0014_single_statement_append"]
 
 
 async def test_writer_and_reader_roles_get_checkpoint_privileges(database_url):
@@ -159,8 +159,8 @@ BEFORE_0008 = {
     "pinned": 0, "lock_function": False, "reader_draws_ids": True, "table_options": "", "gin_options": "",
     "indexes": "idx_credit_events_correlation:true,idx_credit_events_type:true",
 }
-AT_HEAD = {  # 0008-0010's hardening; 0011's group append is pinned as well
-    "pinned": 12, "lock_function": True, "reader_draws_ids": False,
+AT_HEAD = {  # 0008-0010's hardening; 0011's group append is pinned as well, 0014 dropped one pinned helper
+    "pinned": 11, "lock_function": True, "reader_draws_ids": False,
     "table_options": "autovacuum_vacuum_insert_scale_factor=0.01,autovacuum_vacuum_insert_threshold=10000,"
                      "autovacuum_freeze_min_age=0",
     "gin_options": "fastupdate=off",
@@ -176,7 +176,7 @@ async def test_0008_to_0010_go_down_and_up_again_on_a_table_with_data(database_u
     assert hardening(database_url) == AT_HEAD
 
     assert roll_back_to(database_url, "0007_fence_waits_for_writers") == [
-        "0013_set_based_entity_locks", "0012_set_based_batch_append", "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions"]
+        "0014_single_statement_append", "0013_set_based_entity_locks", "0012_set_based_batch_append", "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions"]
     assert hardening(database_url) == BEFORE_0008
     # An interrupted build of 0009 leaves an INVALID index under the new name (here: a unique
     # build that fails on duplicates); running the migration again replaces it.
@@ -186,7 +186,7 @@ async def test_0008_to_0010_go_down_and_up_again_on_a_table_with_data(database_u
 
     assert upgrade_schema(database_url) == ["0008_hardened_functions", "0009_keyset_indexes",
                                             "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
-        "0013_set_based_entity_locks"]
+        "0013_set_based_entity_locks", "0014_single_statement_append"]
     assert hardening(database_url) == AT_HEAD
     assert sql(database_url, "SELECT pg_get_indexdef('idx_credit_events_type_id'::regclass)").endswith("(event_type, id)")
     async with PostgresEventJournal(database_url, pool_size=1) as journal:

@@ -51,13 +51,13 @@ async def test_upgrade_then_downgrade_then_not_ready(empty_database_url):
         "0001_credit_events", "0002_subscription_fence", "0003_snapshots", "0004_roles", "0005_event_type_255",
         "0006_checkpoints", "0007_fence_waits_for_writers", "0008_hardened_functions", "0009_keyset_indexes",
         "0010_definer_appends_and_schema_roles", "0011_group_append", "0012_set_based_batch_append",
-        "0013_set_based_entity_locks"]
+        "0013_set_based_entity_locks", "0014_single_statement_append"]
     assert upgrade_schema(empty_database_url) == []
     assert all(state.applied for state in schema_status(empty_database_url))
     async with PostgresEventJournal(empty_database_url) as journal:
         assert await journal.append_event(event()) is True
     assert downgrade_schema(empty_database_url) == [
-        "0013_set_based_entity_locks", "0012_set_based_batch_append", "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions", "0007_fence_waits_for_writers", "0006_checkpoints", "0005_event_type_255", "0004_roles", "0003_snapshots", "0002_subscription_fence", "0001_credit_events"]
+        "0014_single_statement_append", "0013_set_based_entity_locks", "0012_set_based_batch_append", "0011_group_append", "0010_definer_appends_and_schema_roles", "0009_keyset_indexes", "0008_hardened_functions", "0007_fence_waits_for_writers", "0006_checkpoints", "0005_event_type_255", "0004_roles", "0003_snapshots", "0002_subscription_fence", "0001_credit_events"]
     with pytest.raises(SchemaNotReadyError):
         await PostgresEventJournal(empty_database_url).initialize()
 

@@ -75,7 +75,7 @@ async def test_every_function_writes_to_its_own_schema_whatever_the_callers_sear
             " WHERE n.nspname IN ('public', 's1') AND p.proname LIKE 'credit%'")
     finally:
         await conn.close()
-    assert len(pinned) == 2 * 12
+    assert len(pinned) == 2 * 11
     assert [r["proname"] for r in pinned if r["proconfig"] != [f"search_path={r['nspname']}, pg_temp"]] == []
 
 

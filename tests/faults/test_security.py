@@ -628,10 +628,9 @@ async def test_only_writers_may_call_the_append_functions(database_url, member):
             await sql(url, f"SELECT * FROM {APPEND_FUNCTION}")
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for function"):
             await sql(url, f"SELECT * FROM {APPEND_GROUP_FUNCTION}")
-    # Nor may a writer call the append without its lock step.
+    # Nor may a writer take entity locks outside an append (held to its transaction's end).
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for function"):
-        await sql(await member("eventstore_writer"),
-                  "SELECT * FROM " + APPEND_FUNCTION.replace("credit_events_append(", "credit_events_append_locked("))
+        await sql(await member("eventstore_writer"), "SELECT credit_events_lock_entities(ARRAY['acct-raw'])")
     await sql(await member("eventstore_writer"), f"SELECT * FROM {APPEND_FUNCTION}")
     assert await fetchval(database_url, "SELECT count(*) FROM credit_events WHERE entity_id = 'acct-raw'") == 1
 
