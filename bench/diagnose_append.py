@@ -21,7 +21,7 @@ DIRECT_INSERT = BARE_INSERT.replace("bare_events", "credit_events")  # same row,
 async def run(n: int) -> None:
     db = await create_db("diag", bare_table=True)
     try:
-        journal = PostgresEventJournal(url(db), pool_size=1, max_overflow=0)
+        journal = PostgresEventJournal(url(db), pool_size=1, max_overflow=1)
         await journal.initialize()
         conn = await bare_connection(db)
         bare = await conn.prepare(BARE_INSERT)
