@@ -105,7 +105,7 @@ def main() -> None:
     rows = asyncio.run(run(args.events, args.before))
     print_table(f"append cost of the schema: latest vs {args.before} ({args.events} events each)", rows)
     if not args.no_write:
-        write_result("schema-versions", rows, {"events": args.events, "before": args.before}, machine_facts())
+        write_result("schema-versions", rows, {"events": args.events, "before": args.before}, asyncio.run(machine_facts()))
 
 
 if __name__ == "__main__":

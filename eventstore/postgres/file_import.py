@@ -177,9 +177,9 @@ def _conflict(exc: asyncpg.UniqueViolationError, batch: list[tuple[int, EventEnv
 
 
 async def _copy_batch(conn: asyncpg.Connection, batch: list[tuple[int, EventEnvelope, bytes]]) -> int:
-    """The batch in one transaction: its entity locks, then one COPY of its rows. COPY inserts
-    in bulk (one WAL record per page of rows) where ``import_batch`` inserts row by row; it has no
-    ON CONFLICT, so a batch with a key already stored goes to :func:`_insert_batch` instead."""
+    """The batch in one transaction: its entity locks, then one COPY of its rows (heap
+    multi-insert: one WAL record per page of rows, where ``import_batch`` inserts row by row).
+    COPY has no ON CONFLICT, so a batch with a key already stored goes to :func:`_insert_batch`."""
     rows = import_rows([event for _, event, _ in batch], [payload for _, _, payload in batch])
     entity_ids = [event.entity_id for _, event, _ in batch]
     for attempt in range(_DEADLOCK_RETRIES):
