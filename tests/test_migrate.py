@@ -474,3 +474,52 @@ async def test_import_and_verify_stop_before_a_killed_writers_unfinished_write(t
         assert [e.idempotency_key async for e in target.read_events()] == [f"key-{n}" for n in range(3)]
     verified = await verify_file(path, database_url)
     assert (verified.matched, verified.missing) == (3, 0)
+
+
+async def test_an_import_batch_takes_its_entities_locks_before_its_copy(tmp_path: Path, database_url: str) -> None:
+    """The COPY path locks the batch's entities first, as every write path does: a batch meeting
+    an entity whose lock a live writer holds waits on that advisory lock (not on a row), and goes
+    on once the writer's transaction ends."""
+    events = [event(entity_id=f"account-{i % 3}") for i in range(9)]
+    path = tmp_path / "credits.jsonl"
+    await write_file(path, events)
+    holder = await asyncpg.connect(database_url)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT credit_events_lock_entities(ARRAY['account-1'])")
+        task = asyncio.ensure_future(import_file(path, database_url))
+        deadline = time.monotonic() + 30
+        while not await asyncpg_fetchval(
+            database_url,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'eventstore-import'"
+            " AND datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        ):
+            assert not task.done(), task.result()
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert await asyncpg_fetchval(database_url, "SELECT count(*) FROM credit_events") == 0
+        await holder.execute("COMMIT")
+        result = await asyncio.wait_for(task, 30)
+    finally:
+        await holder.close()
+    assert (result.inserted, result.already_present) == (9, 0)
+    assert without_position(await db_events(database_url)) == without_position(await file_events(path))
+
+
+async def test_a_line_whose_payload_exceeds_the_import_limit_is_reported_not_imported(tmp_path: Path, database_url: str) -> None:
+    """The reader checks every envelope rule; the import adds the payload's size limit (1 MiB by
+    default), the one rule a journal sets for itself: a journal opened with a larger limit can hold
+    a line PostgreSQL's journal would refuse."""
+    from eventstore.envelope import DEFAULT_MAX_PAYLOAD_BYTES
+
+    big = event(entity_id="account-big", payload={"blob": "x" * DEFAULT_MAX_PAYLOAD_BYTES})
+    small = [event(entity_id="account-1") for _ in range(3)]
+    path = tmp_path / "credits.jsonl"
+    async with FileEventJournal(path, max_payload_bytes=2 * DEFAULT_MAX_PAYLOAD_BYTES) as journal:
+        await journal.append_events(small[:2])
+        await journal.append_event(big)
+        await journal.append_event(small[2])
+    result = await import_file(path, database_url)
+    assert (result.inserted, result.corrupt, result.events) == (3, 1, 3)
+    assert result.corrupt_lines[0][0] == 3 and "exceeds max_payload_bytes" in result.corrupt_lines[0][1]
+    assert [e.idempotency_key for e in await db_events(database_url)] == [e.idempotency_key for e in small]
